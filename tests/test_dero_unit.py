@@ -1,0 +1,140 @@
+"""The DERO unit's math, pinned against hand computations."""
+
+import pytest
+import torch
+from torch import nn
+
+from yolo_dero.nn import DeroPool, DeroUnit, Shortcut, fold_channels
+
+
+def _neutral_bn(module: nn.Module) -> None:
+    """Make every BatchNorm an identity in eval mode (mean 0, var 1, weight 1, bias 0, eps 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 0.0
+    module.eval()
+
+
+def test_shortcut_stride2_channel_growth_by_hand():
+    x = torch.arange(1 * 2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    sc = Shortcut(2, 3, k=3, s=2, bn=False)
+    y = sc(x)
+    assert y.shape == (1, 3, 2, 2)
+    # 3x3 sum pool, stride 2, padding 1, zeros outside: output (0,0) covers rows/cols {0,1} (and padding)
+    c0 = x[0, 0]
+    assert y[0, 0, 0, 0] == c0[0:2, 0:2].sum()
+    assert y[0, 0, 0, 1] == c0[0:2, 1:4].sum()
+    assert y[0, 0, 1, 1] == c0[1:4, 1:4].sum()
+    assert y[0, 1, 1, 0] == x[0, 1, 1:4, 0:2].sum()
+    # the grown channel is zero
+    assert torch.count_nonzero(y[0, 2]) == 0
+
+
+def test_shortcut_strided_1x1_uses_stride_window_and_matches_conv_size():
+    x = torch.ones(1, 4, 7, 7)
+    sc = Shortcut(4, 4, k=1, s=2, bn=False)
+    conv = nn.Conv2d(4, 4, 1, 2)
+    y = sc(x)
+    assert y.shape == conv(x).shape == (1, 4, 4, 4)
+    assert y[0, 0, 0, 0] == 4.0  # a full 2x2 window of ones
+    assert y[0, 0, 3, 3] == 1.0  # the ceil-mode corner sees one pixel
+
+
+def test_fold_shrink_sums_groups_with_zero_padding():
+    x = torch.arange(5, dtype=torch.float32).view(1, 5, 1, 1)  # channels 0..4
+    y = fold_channels(x, 2)  # pad to 6 -> groups [0,1], [2,3], [4,0]
+    assert y.flatten().tolist() == [0 + 2 + 4, 1 + 3 + 0]
+    assert fold_channels(x, 5) is x
+
+
+def test_dero_unit_identity_shortcut_by_hand():
+    torch.manual_seed(0)
+    unit = DeroUnit(4, 4, k=3, s=1, act="relu")
+    _neutral_bn(unit)
+    x = torch.randn(2, 4, 6, 6)
+    expected = torch.relu(unit.conv(x)) + x
+    torch.testing.assert_close(unit(x), expected)
+
+
+def test_dero_unit_stride2_growth_by_hand():
+    torch.manual_seed(0)
+    unit = DeroUnit(2, 4, k=3, s=2, act="relu6")
+    _neutral_bn(unit)
+    x = torch.randn(1, 2, 5, 5)
+    y = unit(x)
+    assert y.shape == (1, 4, 3, 3)
+    conv_branch = torch.clamp(unit.conv(x), 0, 6)
+    xp = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(3):
+        for j in range(3):
+            window = xp[0, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3].sum(dim=(1, 2))
+            expected = conv_branch[0, :, i, j] + torch.cat([window, torch.zeros(2)])
+            torch.testing.assert_close(y[0, :, i, j], expected)
+
+
+def test_dero_unit_shrink_fold_linear_by_hand():
+    torch.manual_seed(0)
+    unit = DeroUnit(6, 2, k=1, act=None)
+    _neutral_bn(unit)
+    x = torch.randn(1, 6, 3, 3)
+    fold = x[:, 0:2] + x[:, 2:4] + x[:, 4:6]
+    torch.testing.assert_close(unit(x), unit.conv(x) + fold)
+
+
+def test_shortcut_bn_is_applied():
+    unit = DeroUnit(3, 3, k=1, act=None)
+    unit.eval()
+    with torch.no_grad():
+        unit.conv.weight.zero_()
+        unit.conv.bias.zero_()
+        unit.shortcut.bn.weight.fill_(2.0)
+        unit.shortcut.bn.bias.fill_(1.0)
+    x = torch.randn(1, 3, 2, 2)
+    torch.testing.assert_close(unit(x), 2 * x / torch.sqrt(torch.tensor(1 + 1e-5)) + 1)
+
+
+def test_plain_twin_has_no_shortcut_parameters():
+    dero = DeroUnit(8, 16, k=3, s=2)
+    plain = DeroUnit(8, 16, k=3, s=2, shortcut=False)
+    names = {n for n, _ in plain.named_parameters()}
+    assert not any(n.startswith("shortcut") for n in names)
+    assert sum(p.numel() for p in dero.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * 16
+    plain.eval()
+    x = torch.randn(1, 8, 8, 8)
+    torch.testing.assert_close(plain(x), torch.relu(plain.conv(plain.bn_in(x))))
+
+
+def test_drop_path_drops_only_the_conv_branch_in_training():
+    torch.manual_seed(0)
+    unit = DeroUnit(4, 4, k=3, drop_path=0.999, shortcut_bn=False)
+    unit.train()
+    x = torch.randn(64, 4, 4, 4)
+    y = unit(x)
+    # nearly every sample keeps only the shortcut, which is x itself here
+    same = [(y[i] == x[i]).all().item() for i in range(64)]
+    assert sum(same) >= 60
+    unit.eval()
+    assert not torch.equal(unit(x), x)
+
+
+def test_dero_maxpool_unit_by_hand():
+    x = torch.randn(1, 3, 8, 8)
+    pool = DeroPool(3, k=3, s=2, shortcut_bn=False)
+    expected = nn.functional.max_pool2d(x, 3, 2, 1) + nn.functional.avg_pool2d(
+        x, 3, 2, 1, divisor_override=1)
+    torch.testing.assert_close(pool(x), expected)
+    assert sum(p.numel() for p in DeroPool(3, shortcut=False).parameters()) == 0
+
+
+def test_depthwise_unit_and_backward():
+    unit = DeroUnit(8, 8, k=7, s=2, groups=8, act="relu6")
+    x = torch.randn(2, 8, 11, 11, requires_grad=True)
+    y = unit(x)
+    assert y.shape == (2, 8, 6, 6)
+    y.sum().backward()
+    assert all(p.grad is not None for p in unit.parameters())
+
+
+def test_unknown_activation_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown activation"):
+        DeroUnit(2, 2, act="swishy")

@@ -1,0 +1,191 @@
+"""The DERO unit: a residual connection that spans exactly one operator.
+
+A classic residual block ``y = x + F(x)`` keeps ``x`` alive while every operator inside ``F`` runs.
+A DERO unit wraps a *single* operator, so its shortcut reads the same input the operator reads anyway
+and no tensor outlives the plain network's:
+
+    y = drop_path(act(conv(bn_in(x)))) + bn_sc(S(x))
+
+``S`` is parameter-free and reshapes ``x`` to the operator's output shape (see :class:`Shortcut`).
+With ``shortcut=False`` the unit is its *plain twin* ``act(conv(bn_in(x)))``: the same layer with no
+shortcut parameters at all. This module is the only implementation of the unit; the classification
+zoo and the YOLO modules both build on it. It imports torch only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ActivationSpec = Union[None, bool, str, nn.Module, Callable[[], nn.Module]]
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "silu": nn.SiLU,
+    "hardswish": nn.Hardswish,
+    "identity": nn.Identity,
+    "none": nn.Identity,
+}
+
+
+def make_activation(act: ActivationSpec) -> nn.Module:
+    """Turn an activation spec (None/False, a name, a module class or an instance) into a module."""
+    if act is None or act is False:
+        return nn.Identity()
+    if act is True:
+        return nn.ReLU(inplace=True)
+    if isinstance(act, str):
+        try:
+            return _ACTIVATIONS[act.lower()]()
+        except KeyError:
+            raise ValueError(f"unknown activation {act!r}; use one of {sorted(_ACTIVATIONS)}") from None
+    if isinstance(act, nn.Module):
+        return act
+    return act()
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole branch for a random subset of samples while training.
+
+    Surviving samples are scaled by ``1 / (1 - p)`` so the expectation is unchanged.
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def fold_channels(x: torch.Tensor, c_out: int) -> torch.Tensor:
+    """Match ``c_out`` channels without parameters: zero-pad growth, fold (sum groups) shrink.
+
+    Shrink: pad the channels to a multiple of ``c_out``, split into groups of ``c_out`` consecutive
+    channels and sum the groups, so channel ``j`` of the result is ``sum_g x[g * c_out + j]``.
+    """
+    c_in = x.shape[1]
+    if c_in == c_out:
+        return x
+    if c_in < c_out:
+        return F.pad(x, (0, 0, 0, 0, 0, c_out - c_in))
+    groups = -(-c_in // c_out)  # ceil division
+    if groups * c_out != c_in:
+        x = F.pad(x, (0, 0, 0, 0, 0, groups * c_out - c_in))
+    n, _, h, w = x.shape
+    return x.view(n, groups, c_out, h, w).sum(dim=1)
+
+
+class Shortcut(nn.Module):
+    """Parameter-free ``S`` followed by an optional BatchNorm: the shortcut path of a DERO unit.
+
+    ``S(x)`` has the operator's output shape:
+
+    * stride ``s > 1``: sum-pooling with the operator's kernel, stride and padding (average pooling
+      with ``divisor_override=1``); for a 1x1 kernel the window is ``s x s`` (ceil mode, so the
+      output size equals the strided 1x1 conv's ``ceil(H / s)``);
+    * ``c_in < c_out``: zero-pad the missing channels; ``c_in > c_out``: fold (see :func:`fold_channels`);
+    * otherwise identity.
+
+    Shapes: ``(N, c_in, H, W) -> (N, c_out, H_out, W_out)``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, p: Optional[int] = None,
+                 bn: bool = True):
+        super().__init__()
+        self.c_in, self.c_out, self.s = c_in, c_out, s
+        if s > 1 and k == 1:
+            self.k, self.p, self.ceil_mode = s, 0, True
+        else:
+            self.k, self.p, self.ceil_mode = k, (k // 2 if p is None else p), False
+        self.bn = nn.BatchNorm2d(c_out) if bn else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.s > 1:
+            x = F.avg_pool2d(x, self.k, self.s, self.p, ceil_mode=self.ceil_mode,
+                             count_include_pad=True, divisor_override=1)
+        return self.bn(fold_channels(x, self.c_out))
+
+    def extra_repr(self) -> str:
+        return f"{self.c_in}->{self.c_out}, sum_pool=({self.k}, s={self.s}, p={self.p})" if self.s > 1 \
+            else f"{self.c_in}->{self.c_out}"
+
+
+class DeroUnit(nn.Module):
+    """One operator with a residual around it alone: ``y = drop_path(act(conv(bn_in(x)))) + bn_sc(S(x))``.
+
+    Args:
+        c_in, c_out: input and output channels.
+        k, s, p, groups: the convolution's kernel, stride, padding (default ``k // 2``) and groups.
+        act: activation after the conv (``"relu"``, ``"relu6"``, ``"silu"``, a module, or None for
+            a linear layer).
+        shortcut: False builds the plain twin (no shortcut, no shortcut parameters).
+        shortcut_bn: whether the shortcut has its own BatchNorm (families may drop it where the
+            stride is 1 and channels match).
+        drop_path: stochastic-depth probability on the conv branch.
+
+    Shapes: ``(N, c_in, H, W) -> (N, c_out, H_out, W_out)`` with the conv's usual output size.
+    At inference an engine computes ``S(x)`` while reading ``x`` for the conv and accumulates it into
+    the output buffer, so the unit needs only ``|x| + |y|`` bytes, exactly like a plain layer.
+    """
+
+    is_dero_operator = True  # memory analysis treats the unit as one operator
+
+    def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1, p: Optional[int] = None,
+                 groups: int = 1, act: ActivationSpec = "relu", shortcut: bool = True,
+                 shortcut_bn: bool = True, drop_path: float = 0.0):
+        super().__init__()
+        p = k // 2 if p is None else p
+        self.c_in, self.c_out, self.k, self.s = c_in, c_out, k, s
+        self.bn_in = nn.BatchNorm2d(c_in)
+        self.conv = nn.Conv2d(c_in, c_out, k, s, p, groups=groups, bias=True)
+        self.act = make_activation(act)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.shortcut = Shortcut(c_in, c_out, k, s, p, bn=shortcut_bn) if shortcut else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.drop_path(self.act(self.conv(self.bn_in(x))))
+        if self.shortcut is not None:
+            y = y + self.shortcut(x)
+        return y
+
+
+class DeroPool(nn.Module):
+    """A pooling operator as a DERO unit: ``y = pool(x) + bn_sc(S(x))`` (e.g. the ResNet stem max-pool).
+
+    ``S`` is the sum-pool with the pool's own window; channels are unchanged.
+    Shapes: ``(N, C, H, W) -> (N, C, H_out, W_out)``.
+    """
+
+    is_dero_operator = True
+
+    def __init__(self, channels: int, k: int = 3, s: int = 2, p: Optional[int] = None,
+                 mode: str = "max", shortcut: bool = True, shortcut_bn: bool = True):
+        super().__init__()
+        p = k // 2 if p is None else p
+        if mode == "max":
+            self.pool = nn.MaxPool2d(k, s, p)
+        elif mode == "avg":
+            self.pool = nn.AvgPool2d(k, s, p)
+        else:
+            raise ValueError(f"pool mode must be 'max' or 'avg', got {mode!r}")
+        self.shortcut = Shortcut(channels, channels, k, s, p, bn=shortcut_bn) if shortcut else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(x)
+        if self.shortcut is not None:
+            y = y + self.shortcut(x)
+        return y
