@@ -1,0 +1,166 @@
+"""MCUNet v4 (MCUNet's "320kB / 1MB flash" ImageNet model): original, DERO form and plain twin.
+
+Original: a 3x3/2 stem to 16 channels, 18 inverted-residual blocks (1x1 expand, kxk depthwise, 1x1 linear
+projection; the block input is added when stride is 1 and channels match), global pool, linear from 160.
+Published: 0.74M parameters, 81.8M MACs at 176x176.
+
+DERO form (DESIGN.md section 4): the stem and each of the three layers of every block is a
+:class:`DeroUnit` (expand and depthwise with ReLU6, projection linear) and the block-level add is
+dropped, since it would keep the block input alive across three operators. The plain twin is the same
+network with every shortcut removed.
+
+Stages (``memory_stages``) follow the resolution: a new stage starts at every stride-2 block, so
+``stage1`` runs at 1/2 of the input, ..., ``stage5`` at 1/32.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, List, Sequence, Tuple
+
+from torch import nn
+from torchvision.ops.misc import Conv2dNormActivation
+
+from yolo_dero.nn import DeroUnit
+
+from ._registry import register_model
+
+__all__ = ["MCUNET_V4_BLOCKS", "InvertedResidual", "DeroInvertedResidual", "MCUNet"]
+
+# (expand ratio t, output channels c, repeats n, stride s, depthwise kernel k), one block per row
+MCUNET_V4_BLOCKS: List[Tuple[int, int, int, int, int]] = [
+    (1, 8, 1, 1, 3), (3, 16, 1, 2, 7), (5, 16, 1, 1, 3), (5, 16, 1, 1, 7), (4, 16, 1, 1, 5),
+    (5, 24, 1, 2, 5), (5, 24, 1, 1, 5), (5, 24, 1, 1, 5), (5, 40, 1, 2, 3), (6, 40, 1, 1, 7),
+    (4, 40, 1, 1, 5), (5, 48, 1, 1, 5), (5, 48, 1, 1, 7), (5, 48, 1, 1, 3), (6, 96, 1, 2, 3),
+    (5, 96, 1, 1, 7), (4, 96, 1, 1, 3), (5, 160, 1, 1, 7),
+]
+STEM_CHANNELS = 16
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand (ReLU6, skipped when ``t == 1``), kxk depthwise stride ``s`` (ReLU6),
+    1x1 linear projection; ``x`` is added when ``use_residual`` (stride 1 and ``c_in == c_out``).
+    Convolutions have no bias, each is followed by BatchNorm.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int):
+        super().__init__()
+        mid = c_in * expand_ratio
+        self.use_residual = stride == 1 and c_in == c_out
+        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        if expand_ratio != 1:
+            layers["expand"] = Conv2dNormActivation(c_in, mid, 1, activation_layer=nn.ReLU6)
+        layers["depthwise"] = Conv2dNormActivation(mid, mid, kernel, stride, groups=mid,
+                                                   activation_layer=nn.ReLU6)
+        layers["project"] = Conv2dNormActivation(mid, c_out, 1, activation_layer=None)
+        self.layers = nn.Sequential(layers)
+
+    def forward(self, x):
+        y = self.layers(x)
+        return x + y if self.use_residual else y
+
+
+class DeroInvertedResidual(nn.Sequential):
+    """An inverted-residual block as a chain of DERO units (or their plain twins); no block-level add.
+
+    1x1 expand (ReLU6, skipped when ``t == 1``), kxk depthwise stride ``s`` (ReLU6), 1x1 projection (linear).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int,
+                 shortcut: bool = True):
+        mid = c_in * expand_ratio
+        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        if expand_ratio != 1:
+            layers["expand"] = DeroUnit(c_in, mid, k=1, act="relu6", shortcut=shortcut)
+        layers["depthwise"] = DeroUnit(mid, mid, k=kernel, s=stride, groups=mid, act="relu6",
+                                       shortcut=shortcut)
+        layers["project"] = DeroUnit(mid, c_out, k=1, act=None, shortcut=shortcut)
+        super().__init__(layers)
+
+
+class MCUNet(nn.Module):
+    """MCUNet v4 on a block table; ``stem`` and ``block`` choose the original or the DERO/plain form.
+
+    Args:
+        stem: ``stem(c_in, c_out)`` -> the 3x3/2 stem module.
+        block: ``block(c_in, c_out, stride, expand_ratio, kernel)`` -> one block.
+        num_classes: classifier outputs.
+        blocks: rows ``(t, c, n, s, k)``; a stride-2 row starts a new stage.
+
+    Input: ``(N, 3, H, W)`` with ``H, W >= 32``; output ``(N, num_classes)``.
+    """
+
+    def __init__(self, stem: Callable[[int, int], nn.Module], block: Callable[..., nn.Module],
+                 num_classes: int = 1000,
+                 blocks: Sequence[Tuple[int, int, int, int, int]] = MCUNET_V4_BLOCKS):
+        super().__init__()
+        stages: List[List[nn.Module]] = []
+        c_in = STEM_CHANNELS
+        for t, c, n, s, k in blocks:
+            for i in range(n):
+                stride = s if i == 0 else 1
+                if stride > 1 or not stages:
+                    stages.append([])
+                stages[-1].append(block(c_in, c, stride, t, k))
+                c_in = c
+        self.features = nn.Sequential(OrderedDict(
+            [("stem", stem(3, STEM_CHANNELS))]
+            + [(f"stage{i + 1}", nn.Sequential(*stage)) for i, stage in enumerate(stages)]))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_in, num_classes)
+        self.memory_stages = OrderedDict(
+            [(name, [f"features.{name}"]) for name, _ in self.features.named_children()]
+            + [("head", ["avgpool", "classifier"])])
+        _init_weights(self)
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def _init_weights(model: nn.Module) -> None:
+    """torchvision's MobileNetV2 initialisation."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def _original_stem(c_in: int, c_out: int) -> nn.Module:
+    return Conv2dNormActivation(c_in, c_out, 3, 2, activation_layer=nn.ReLU6)
+
+
+def _dero_mcunet(num_classes: int, shortcut: bool) -> MCUNet:
+    """The DERO form (``shortcut=True``) or its plain twin (``shortcut=False``)."""
+
+    def stem(c_in: int, c_out: int) -> nn.Module:
+        return DeroUnit(c_in, c_out, k=3, s=2, act="relu6", shortcut=shortcut)
+
+    def block(c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int) -> nn.Module:
+        return DeroInvertedResidual(c_in, c_out, stride, expand_ratio, kernel, shortcut=shortcut)
+
+    return MCUNet(stem, block, num_classes)
+
+
+@register_model()
+def mcunet_v4(num_classes: int = 1000):
+    """MCUNet's "320kB" ImageNet model with its inverted residuals (input 176x176 in the paper)."""
+    return MCUNet(_original_stem, InvertedResidual, num_classes)
+
+
+@register_model()
+def mcunet_dero_v4(num_classes: int = 1000):
+    """MCUNet v4 with every operator a DERO unit and no block-level adds."""
+    return _dero_mcunet(num_classes, shortcut=True)
+
+
+@register_model()
+def mcunet_plain_v4(num_classes: int = 1000):
+    """Plain twin of MCUNet-DERO v4: the same units with no shortcuts."""
+    return _dero_mcunet(num_classes, shortcut=False)
