@@ -1,0 +1,103 @@
+"""Load a model for analysis by registry name, model YAML path or ``.pt`` file.
+
+* a name registered in ``classification.models`` (``resnet34``, ``resnet34dero``, ``mcunet_plain_v4``...);
+* a path ending ``.yaml``/``.yml``: a detection model built by the project's
+  :class:`yolo_dero.ultra.DeroDetectionModel` (looked up as given, in the repository, then in ``cfg/``);
+* a path ending ``.pt``/``.pth``: ``torch.load`` of a pickled module or of an Ultralytics checkpoint
+  (``{'model'|'ema': module}``), converted to float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+from ..paths import REPO_ROOT
+
+YAML_SUFFIXES = (".yaml", ".yml")
+PT_SUFFIXES = (".pt", ".pth")
+
+
+class ModelNotFoundError(ValueError):
+    """The model name / path does not name a model (the message lists what is available)."""
+
+
+def registry_names() -> List[str]:
+    """Names in the classification registry (empty if the zoo cannot be imported)."""
+    try:
+        from classification.models import list_models
+    except ImportError:  # pragma: no cover - the zoo ships with the project
+        return []
+    return list(list_models())
+
+
+def yaml_names() -> List[str]:
+    return sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "cfg").glob("*.y*ml"))
+
+
+def model_display_name(spec: str) -> str:
+    """``resnet34dero`` -> itself; ``cfg/yolov5n-dero.yaml`` -> ``yolov5n-dero``."""
+    s = str(spec)
+    return Path(s).stem if s.lower().endswith(YAML_SUFFIXES + PT_SUFFIXES) else s
+
+
+def resolve_yaml(spec: str) -> Path:
+    p = Path(spec).expanduser()
+    for cand in (p, REPO_ROOT / p, REPO_ROOT / "cfg" / p.name):
+        if cand.is_file():
+            return cand.resolve()
+    avail = ", ".join(yaml_names()) or "none"
+    raise ModelNotFoundError(f"model YAML not found: '{spec}' (looked in {Path.cwd()}, {REPO_ROOT} and "
+                             f"{REPO_ROOT / 'cfg'}); available: {avail}")
+
+
+def _load_yaml(spec: str, verbose: bool = False) -> nn.Module:
+    path = resolve_yaml(spec)
+    from ..ultra import DeroDetectionModel  # imports Ultralytics (offline, project-owned settings)
+
+    return DeroDetectionModel(str(path), verbose=verbose)
+
+
+def _load_pt(spec: str) -> nn.Module:
+    p = Path(spec).expanduser()
+    if not p.is_file():
+        raise ModelNotFoundError(f"weights file not found: '{spec}'")
+    if p.suffix == ".pt":
+        try:  # Ultralytics checkpoints pickle classes of this project: make its glue importable first
+            from .. import ultra  # noqa: F401
+        except ImportError:  # pragma: no cover
+            pass
+    obj = torch.load(p, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict):
+        for key in ("ema", "model"):
+            if isinstance(obj.get(key), nn.Module):
+                obj = obj[key]
+                break
+    if not isinstance(obj, nn.Module):
+        raise ModelNotFoundError(f"'{spec}' holds a {type(obj).__name__}, not a module or a checkpoint with a "
+                                 f"'model'/'ema' module (a state_dict alone cannot be analysed: build the model "
+                                 f"by name instead)")
+    return obj.float()
+
+
+def load_model(spec: str, verbose: bool = False) -> Tuple[nn.Module, str]:
+    """Build the model ``spec`` names; returns ``(model in eval mode, display name)``."""
+    s = str(spec)
+    low = s.lower()
+    if low.endswith(YAML_SUFFIXES):
+        model = _load_yaml(s, verbose=verbose)
+    elif low.endswith(PT_SUFFIXES):
+        model = _load_pt(s)
+    else:
+        names = registry_names()
+        if s not in names:
+            raise ModelNotFoundError(
+                f"unknown model {s!r}; registry models: {', '.join(names) or 'none'}; or a model YAML "
+                f"({', '.join(yaml_names()) or 'none in cfg/'}) or a .pt file")
+        from classification.models import get_model
+
+        model = get_model(s)
+    return model.eval(), model_display_name(s)
