@@ -1,0 +1,498 @@
+"""Train or evaluate a classification model of the zoo with torchvision's ImageNet reference recipe.
+
+Single process:   python classification/train.py --model resnet34dero --data-path /data/imagenet ...
+Several GPUs:     torchrun --nproc_per_node=8 classification/train.py --model resnet34dero --data-path ...
+Evaluate:         python classification/train.py --model resnet34dero --data-path ... --test-only --weights F
+
+``--data-path`` is an ImageFolder root with ``train/`` and ``val/``. Without it the built-in synthetic
+shapes dataset is generated (once) and used, with crop sizes suited to its 64x64 images.
+Every epoch writes ``checkpoint.pth`` and ``model_<epoch>.pth`` (atomically) to ``--output-dir``;
+``--resume <output-dir>/checkpoint.pth`` continues an interrupted run up to ``--epochs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, "") and __name__ == "__main__":
+    # `python classification/train.py`: put the repository root, not classification/, on sys.path
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import torch
+import torch.utils.data
+from torch import nn
+
+from classification import data as cdata
+from classification import utils
+
+BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
+IMAGENET_SIZES = dict(train_crop_size=224, val_resize_size=256, val_crop_size=224)
+
+
+class UserError(Exception):
+    """Bad input: printed as one clear message, exit status 2."""
+
+
+class NonFiniteLoss(Exception):
+    """The loss became inf/nan: training stops before the epoch's checkpoint is written."""
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Classification training (torchvision reference recipe)",
+                                add_help=add_help)
+    p.add_argument("--data-path", default=None, type=str,
+                   help="ImageFolder root with train/ and val/ (default: the built-in synthetic dataset)")
+    p.add_argument("--model", default="resnet34", type=str, help="model name (see classification.models)")
+    p.add_argument("--num-classes", default=None, type=int, help="default: the number of dataset classes")
+    p.add_argument("--device", default=None, type=str, help="cuda, cuda:N or cpu (default: cuda if available)")
+    p.add_argument("-b", "--batch-size", default=32, type=int, help="images per process per iteration")
+    p.add_argument("--epochs", default=90, type=int, metavar="N", help="total epochs to run")
+    p.add_argument("-j", "--workers", default=16, type=int, metavar="N", help="data loading workers per process")
+    p.add_argument("--opt", default="sgd", type=str.lower, choices=["sgd", "sgd_nesterov", "rmsprop", "adamw"])
+    p.add_argument("--lr", default=0.1, type=float, help="initial learning rate")
+    p.add_argument("--momentum", default=0.9, type=float, metavar="M")
+    p.add_argument("--wd", "--weight-decay", default=1e-4, type=float, metavar="W", dest="weight_decay")
+    p.add_argument("--norm-weight-decay", default=None, type=float,
+                   help="weight decay for normalization layers (default: same as --wd)")
+    p.add_argument("--label-smoothing", default=0.0, type=float)
+    p.add_argument("--mixup-alpha", default=0.0, type=float)
+    p.add_argument("--cutmix-alpha", default=0.0, type=float)
+    p.add_argument("--lr-scheduler", default="steplr", type=str.lower,
+                   choices=["steplr", "cosineannealinglr", "exponentiallr"])
+    p.add_argument("--lr-warmup-epochs", default=0, type=int)
+    p.add_argument("--lr-warmup-method", default="constant", type=str.lower, choices=["linear", "constant"])
+    p.add_argument("--lr-warmup-decay", default=0.01, type=float)
+    p.add_argument("--lr-step-size", default=30, type=int, help="steplr: decrease lr every N epochs")
+    p.add_argument("--lr-gamma", default=0.1, type=float, help="steplr/exponentiallr: lr decay factor")
+    p.add_argument("--lr-min", default=0.0, type=float, help="cosineannealinglr: minimum lr")
+    p.add_argument("--print-freq", default=10, type=int, help="progress line every N iterations")
+    p.add_argument("--output-dir", default=".", type=str, help="where checkpoints are written")
+    p.add_argument("--resume", default="", type=str, help="checkpoint.pth to continue from")
+    p.add_argument("--start-epoch", default=0, type=int, metavar="N", help="first epoch (overridden by --resume)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPU only)")
+    p.add_argument("--test-only", action="store_true", help="only evaluate (use with --weights or --resume)")
+    p.add_argument("--auto-augment", default=None, type=str, choices=cdata.AUTO_AUGMENT_CHOICES)
+    p.add_argument("--ra-magnitude", default=9, type=int)
+    p.add_argument("--augmix-severity", default=3, type=int)
+    p.add_argument("--random-erase", default=0.0, type=float, help="RandomErasing probability")
+    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 + GradScaler on CUDA, bf16 on CPU)")
+    p.add_argument("--model-ema", action="store_true", help="keep an exponential moving average of the model")
+    p.add_argument("--model-ema-steps", default=32, type=int, help="iterations between EMA updates")
+    p.add_argument("--model-ema-decay", default=0.99998, type=float)
+    p.add_argument("--use-deterministic-algorithms", action="store_true")
+    p.add_argument("--interpolation", default="bilinear", type=str)
+    p.add_argument("--train-crop-size", default=None, type=int, help="default 224 (64 on the built-in data)")
+    p.add_argument("--val-resize-size", default=None, type=int, help="default 256 (73 on the built-in data)")
+    p.add_argument("--val-crop-size", default=None, type=int, help="default 224 (64 on the built-in data)")
+    p.add_argument("--clip-grad-norm", default=None, type=float)
+    p.add_argument("--weights", default=None, type=str,
+                   help="file with weights to start from / evaluate: a checkpoint.pth or a bare state_dict")
+    p.add_argument("--seed", default=None, type=int, help="seed the RNGs (per rank: seed + rank)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def resolve_data(args) -> Path:
+    """The dataset root (generating the built-in data when no --data-path) and the crop sizes."""
+    if args.data_path is None:
+        root = cdata.builtin_dataset()
+        d = cdata.BUILTIN_DEFAULTS
+        sizes = BUILTIN_SIZES
+        print("=" * 100)
+        print("No --data-path: using the BUILT-IN SYNTHETIC dataset (10 shape classes, "
+              f"{d['size']}x{d['size']} px, {d['train_per_class']} train / {d['val_per_class']} val images "
+              f"per class)\n  at {root}\n"
+              "  It is for smoke tests and demos. For real results pass --data-path /path/to/imagenet, an "
+              "ImageFolder\n  with train/<class>/*.JPEG and val/<class>/*.JPEG.\n"
+              f"  Built-in defaults: --train-crop-size {sizes['train_crop_size']} --val-resize-size "
+              f"{sizes['val_resize_size']} --val-crop-size {sizes['val_crop_size']} (flags override them).")
+        print("=" * 100)
+    else:
+        root = Path(args.data_path).expanduser()
+        if not root.is_dir():
+            raise UserError(f"--data-path {root} does not exist or is not a directory (expected an ImageFolder "
+                            f"root with train/ and val/; leave --data-path out to use the built-in data)")
+        if root.name in ("train", "val") and (root.parent / "train").is_dir() and (root.parent / "val").is_dir():
+            raise UserError(f"--data-path {root} is a split folder; pass its parent {root.parent} (the root that "
+                            "holds train/ and val/)")
+        sizes = IMAGENET_SIZES
+    for k, v in sizes.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return root
+
+
+def load_datasets(root: Path, args):
+    val_tf = cdata.eval_transform(args.val_resize_size, args.val_crop_size, args.interpolation)
+    train_ds = None
+    if args.test_only and not (root / "train").is_dir():
+        val_ds = cdata.image_folder(root, "val", val_tf)
+    else:
+        cdata.check_split_dir(root, "train")
+        cdata.check_split_dir(root, "val")
+        train_tf = cdata.train_transform(
+            args.train_crop_size, args.interpolation, auto_augment=args.auto_augment,
+            ra_magnitude=args.ra_magnitude, augmix_severity=args.augmix_severity, random_erase=args.random_erase)
+        t0 = time.time()
+        train_ds = cdata.image_folder(root, "train", train_tf)
+        val_ds = cdata.image_folder(root, "val", val_tf, class_to_idx=train_ds.class_to_idx)
+        print(f"Data: {len(train_ds)} train / {len(val_ds)} val images, {len(train_ds.classes)} classes "
+              f"({time.time() - t0:.1f}s to index)")
+        if len(train_ds) == 0:
+            raise UserError(f"{root}/train has no images")
+    if len(val_ds) == 0:
+        raise UserError(f"{root}/val has no images")
+    return train_ds, val_ds
+
+
+def build_loaders(train_ds, val_ds, args, num_classes: int, device: torch.device):
+    ws, rk = utils.world_size(), utils.rank()
+    local_ws = int(os.environ.get("LOCAL_WORLD_SIZE", ws))
+    workers = max(0, min(args.workers, (os.cpu_count() or 1) // max(local_ws, 1)))
+    pin = device.type == "cuda"
+    val_loader = torch.utils.data.DataLoader(
+        val_ds, batch_size=args.batch_size, sampler=cdata.ShardSampler(len(val_ds), rk, ws),
+        num_workers=workers, pin_memory=pin)
+    if train_ds is None:
+        return None, None, val_loader
+    train_sampler = torch.utils.data.distributed.DistributedSampler(
+        train_ds, num_replicas=ws, rank=rk, shuffle=True, seed=args.seed or 0)
+    per_rank = len(train_sampler)
+    # drop the last batch only if it would hold a single image (BatchNorm cannot train on one sample)
+    drop_last = per_rank > args.batch_size and per_rank % args.batch_size == 1
+    collate = None
+    if args.mixup_alpha > 0 or args.cutmix_alpha > 0:
+        collate = cdata.MixupCutmixCollate(num_classes, args.mixup_alpha, args.cutmix_alpha)
+    train_loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=args.batch_size, sampler=train_sampler, num_workers=workers, pin_memory=pin,
+        collate_fn=collate, drop_last=drop_last, persistent_workers=workers > 0)
+    return train_loader, train_sampler, val_loader
+
+
+def build_model(args, num_classes: int) -> nn.Module:
+    from classification.models import get_model
+
+    try:
+        return get_model(args.model, num_classes=num_classes)
+    except ValueError as e:
+        if "unknown model" in str(e):
+            raise UserError(f"--model: {e}") from None
+        raise
+
+
+def load_weights_into(model: nn.Module, obj, source: str, what: str, args) -> None:
+    try:
+        sd = utils.extract_state_dict(obj)
+    except ValueError as e:
+        raise UserError(f"{what} {source}: {e}") from None
+    problem = utils.state_dict_mismatch(model, sd)
+    if problem:
+        raise UserError(f"{what} {source} does not fit --model {args.model} with {args.num_classes} classes: "
+                        f"{problem}. Pass the --model (and --num-classes) the file was trained with.")
+    model.load_state_dict(sd)
+
+
+def read_file(path: str, what: str):
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path}: no such file")
+    try:
+        return utils.load_file(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        raise UserError(f"{what} {path} cannot be read as a PyTorch checkpoint: {type(e).__name__}: {e}") from None
+
+
+def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
+    if args.norm_weight_decay is None:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    else:
+        norm_types = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+                      nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+        norm, other = [], []
+        for m in model.modules():
+            target = norm if isinstance(m, norm_types) else other
+            target += [p for p in m.parameters(recurse=False) if p.requires_grad]
+        groups = [{"params": other}, {"params": norm, "weight_decay": args.norm_weight_decay}]
+    if args.opt.startswith("sgd"):
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                               nesterov="nesterov" in args.opt)
+    if args.opt == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                   eps=0.0316, alpha=0.9)
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def build_scheduler(optimizer, args):
+    sched = torch.optim.lr_scheduler
+    main_epochs = max(args.epochs - args.lr_warmup_epochs, 1)
+    if args.lr_scheduler == "steplr":
+        main = sched.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
+    elif args.lr_scheduler == "cosineannealinglr":
+        main = sched.CosineAnnealingLR(optimizer, T_max=main_epochs, eta_min=args.lr_min)
+    else:
+        main = sched.ExponentialLR(optimizer, gamma=args.lr_gamma)
+    if args.lr_warmup_epochs <= 0:
+        return main
+    if args.lr_warmup_method == "linear":
+        warm = sched.LinearLR(optimizer, start_factor=args.lr_warmup_decay, total_iters=args.lr_warmup_epochs)
+    else:
+        warm = sched.ConstantLR(optimizer, factor=args.lr_warmup_decay, total_iters=args.lr_warmup_epochs)
+    return sched.SequentialLR(optimizer, schedulers=[warm, main], milestones=[args.lr_warmup_epochs])
+
+
+def autocast_ctx(args, device: torch.device):
+    if not args.amp:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, model_ema=None, scaler=None):
+    model.train()
+    logger = utils.MetricLogger()
+    logger.add_meter("lr", utils.SmoothedValue(window=1, fmt="{value:.6g}"))
+    logger.add_meter("img/s", utils.SmoothedValue(window=10, fmt="{value:.1f}"))
+    header = f"Epoch: [{epoch}]"
+    ws = utils.world_size()
+    for i, (image, target) in enumerate(logger.log_every(loader, args.print_freq, header)):
+        t0 = time.time()
+        image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with autocast_ctx(args, device):
+            output = model(image)
+            loss = criterion(output, target)
+        # the mean loss over all ranks: every rank sees the same value, so all stop together when it is bad
+        global_loss = utils.all_reduce_sum(loss.detach().float().clone()) / ws
+        if not torch.isfinite(global_loss):
+            raise NonFiniteLoss(f"non-finite loss ({global_loss.item()}) at epoch {epoch}, iteration {i}: "
+                                "training stopped; lower --lr or disable --amp (the checkpoint of the last good "
+                                "epoch is left as it was)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if args.clip_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if args.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
+            optimizer.step()
+        if model_ema is not None and i % args.model_ema_steps == 0:
+            model_ema.update_parameters(model)
+            if epoch < args.lr_warmup_epochs:  # reset EMA to the weights during warmup
+                model_ema.n_averaged.fill_(0)
+        bs = image.shape[0]
+        c1, c5 = utils.correct_topk(output.detach(), target)
+        logger.update(loss=global_loss.item(), lr=optimizer.param_groups[0]["lr"])
+        logger.meters.setdefault("acc1", utils.SmoothedValue()).update(100.0 * c1 / bs, n=bs)
+        logger.meters.setdefault("acc5", utils.SmoothedValue()).update(100.0 * c5 / bs, n=bs)
+        logger.meters["img/s"].update(bs * ws / max(time.time() - t0, 1e-9))
+    return logger
+
+
+def evaluate(model, criterion, loader, device, args, header: str = "Test:") -> float:
+    """Top-1/top-5 over the whole val split (each sample once, summed over ranks); prints
+    ``<header> Acc@1 X.XXX Acc@5 Y.YYY`` (top-5 is top-min(5, classes))."""
+    model.eval()
+    logger = utils.MetricLogger()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1 hits, top5 hits, images
+    with torch.inference_mode():
+        for image, target in logger.log_every(loader, args.print_freq, header):
+            image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            with autocast_ctx(args, device):
+                output = model(image)
+                loss = criterion(output, target)
+            c1, c5 = utils.correct_topk(output.float(), target)
+            bs = image.shape[0]
+            totals += torch.tensor([loss.item() * bs, c1, c5, bs], dtype=torch.float64, device=device)
+            logger.update(loss=loss.item())
+    utils.all_reduce_sum(totals)
+    loss_sum, h1, h5, n = totals.tolist()
+    acc1, acc5 = 100.0 * h1 / max(n, 1), 100.0 * h5 / max(n, 1)
+    print(f"{header} loss {loss_sum / max(n, 1):.4f} over {int(n)} images")
+    print(f"{header} Acc@1 {acc1:.3f} Acc@5 {acc5:.3f}", flush=True)
+    return acc1
+
+
+def run(args) -> int:
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+    distributed, local_rank = utils.init_distributed(torch.device(args.device).type)
+    device = torch.device(f"cuda:{local_rank}" if distributed and args.device.startswith("cuda") else args.device)
+    args.distributed, args.world_size = distributed, utils.world_size()
+    if args.batch_size < 1 or args.epochs < 1:
+        raise UserError("--batch-size and --epochs must be at least 1")
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    if args.seed is not None:
+        s = args.seed + utils.rank()
+        random.seed(s)
+        torch.manual_seed(s)
+        try:
+            import numpy as np
+
+            np.random.seed(s % 2**32)
+        except ImportError:  # pragma: no cover
+            pass
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not (args.use_deterministic_algorithms or args.test_only)
+        torch.backends.cudnn.deterministic = args.use_deterministic_algorithms or args.test_only
+    if args.use_deterministic_algorithms:
+        torch.use_deterministic_algorithms(True)
+
+    from classification.models import list_models
+
+    if args.model not in list_models():  # fail fast, before indexing a large dataset
+        build_model(args, 1)
+    root = resolve_data(args)
+    train_ds, val_ds = load_datasets(root, args)
+    classes = (train_ds or val_ds).classes
+    if args.num_classes is None:
+        args.num_classes = len(classes)
+    elif args.num_classes < len(classes):
+        raise UserError(f"--num-classes {args.num_classes} is smaller than the {len(classes)} classes in {root}")
+    train_loader, train_sampler, val_loader = build_loaders(train_ds, val_ds, args, args.num_classes, device)
+    print(args)
+
+    model = build_model(args, args.num_classes)
+    if args.weights:
+        load_weights_into(model, read_file(args.weights, "--weights"), args.weights, "--weights", args)
+        print(f"Loaded weights from {args.weights}")
+    if args.sync_bn and distributed:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            print("warning: --sync-bn ignored: PyTorch's SyncBatchNorm needs a GPU")
+    model.to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"Model {args.model}: {n_params / 1e6:.3f}M parameters, {args.num_classes} classes, device {device}, "
+          f"{args.world_size} process(es)")
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    optimizer = build_optimizer(model, args)
+    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
+    if args.amp and device.type != "cuda":
+        print("note: --amp on CPU runs the forward pass in bfloat16 (no GradScaler)")
+    lr_scheduler = build_scheduler(optimizer, args)
+
+    model_without_ddp = model
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    model_ema = None
+    if args.model_ema:
+        # decay per update adjusted for the batch, the update interval and the run length (as the reference)
+        adjust = args.world_size * args.batch_size * args.model_ema_steps / args.epochs
+        alpha = min(1.0, (1.0 - args.model_ema_decay) * adjust)
+        model_ema = utils.ExponentialMovingAverage(model_without_ddp, decay=1.0 - alpha, device=device)
+
+    if args.resume:
+        ckpt = read_file(args.resume, "--resume")
+        load_weights_into(model_without_ddp, ckpt, args.resume, "--resume", args)
+        if model_ema is not None:
+            if "model_ema" not in ckpt:
+                raise UserError(f"--resume {args.resume} has no model_ema (it was trained without --model-ema)")
+            model_ema.load_state_dict(ckpt["model_ema"])
+        if not args.test_only:
+            for key in ("optimizer", "lr_scheduler", "epoch"):
+                if key not in ckpt:
+                    raise UserError(f"--resume {args.resume} lacks '{key}': it is not a training checkpoint "
+                                    "(use --weights to start from bare weights)")
+            optimizer.load_state_dict(ckpt["optimizer"])
+            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            if scaler is not None and "scaler" in ckpt:
+                scaler.load_state_dict(ckpt["scaler"])
+            args.start_epoch = int(ckpt["epoch"]) + 1
+            print(f"Resuming from {args.resume}: epoch {ckpt['epoch']} done, continuing at epoch "
+                  f"{args.start_epoch} of {args.epochs}")
+
+    if args.test_only:
+        if model_ema is not None:
+            evaluate(model_ema, criterion, val_loader, device, args, header="Test: EMA")
+        else:
+            evaluate(model_without_ddp, criterion, val_loader, device, args)
+        return 0
+
+    if args.start_epoch >= args.epochs:
+        print(f"Nothing to do: epoch {args.start_epoch - 1} already reached --epochs {args.epochs}")
+        return 0
+
+    print(f"Start training: epochs {args.start_epoch}..{args.epochs - 1}, {len(train_loader)} iterations "
+          f"of {args.batch_size} x {args.world_size} images per epoch")
+    start = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        train_sampler.set_epoch(epoch)
+        train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, args, model_ema, scaler)
+        lr_scheduler.step()
+        acc1 = evaluate(model_without_ddp, criterion, val_loader, device, args)
+        if model_ema is not None:
+            evaluate(model_ema, criterion, val_loader, device, args, header="Test: EMA")
+        if args.output_dir and utils.is_main():
+            ckpt = {
+                "model": model_without_ddp.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "lr_scheduler": lr_scheduler.state_dict(),
+                "epoch": epoch,
+                "args": {k: v for k, v in vars(args).items()},
+                "acc1": acc1,
+                "classes": list(classes),
+            }
+            if model_ema is not None:
+                ckpt["model_ema"] = model_ema.state_dict()
+            if scaler is not None:
+                ckpt["scaler"] = scaler.state_dict()
+            out = Path(args.output_dir)
+            utils.save_atomic(ckpt, out / f"model_{epoch}.pth")
+            utils.save_atomic(ckpt, out / "checkpoint.pth")
+            print(f"Saved {out / 'checkpoint.pth'} and model_{epoch}.pth")
+        if utils.dist_on():
+            torch.distributed.barrier()
+    print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    code = 0
+    try:
+        code = run(args)
+    except (UserError, cdata.DataError) as e:
+        if utils.is_main():
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    except NonFiniteLoss as e:
+        if utils.is_main():
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        code = 3
+    except KeyboardInterrupt:
+        if utils.is_main():
+            where = os.path.join(args.output_dir or ".", "checkpoint.pth")
+            print(f"\nInterrupted. The last complete epoch is in {where}; continue with --resume {where}",
+                  file=sys.stderr, flush=True)
+        code = 130
+    finally:
+        if utils.dist_on():
+            torch.distributed.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
