@@ -1,0 +1,177 @@
+"""The three YOLOv5n YAMLs, the project parser and the DERO YOLO blocks (no training here)."""
+
+import copy
+import io
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from yolo_dero.nn.dero import DeroUnit, Shortcut
+from yolo_dero.nn.yolo_blocks import DeroC3, DeroConv
+from yolo_dero.paths import REPO_ROOT
+
+ultra = pytest.importorskip("yolo_dero.ultra")
+from ultralytics.nn.modules import C3, SPPF, Bottleneck, Concat, Conv, Detect  # noqa: E402
+
+from yolo_dero.ultra import DeroDetectionModel, ModelConfigError  # noqa: E402
+from yolo_dero.ultra.model import exact_shortcuts_for_export, gflops  # noqa: E402
+
+CFG = REPO_ROOT / "cfg"
+YAMLS = ["yolov5n.yaml", "yolov5n-dero.yaml", "yolov5n-plain.yaml"]
+# pinned parameter counts at nc=80 (stock Ultralytics yolov5n: 2,654,816)
+PARAMS = {"yolov5n.yaml": 2_654_816, "yolov5n-dero.yaml": 2_465_862, "yolov5n-plain.yaml": 2_458_182}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {y: DeroDetectionModel(CFG / y, verbose=False) for y in YAMLS}
+
+
+@pytest.mark.parametrize("yaml_name", YAMLS)
+def test_builds_and_runs_at_320_with_strides_8_16_32(models, yaml_name):
+    m = models[yaml_name]
+    assert m.stride.tolist() == [8.0, 16.0, 32.0]
+    m.eval()
+    with torch.no_grad():
+        out = m(torch.rand(1, 3, 320, 320))
+    y = out[0] if isinstance(out, (tuple, list)) else out
+    assert y.shape == (1, 4 + 80, (40 * 40 + 20 * 20 + 10 * 10))
+    m.train()
+    with torch.no_grad():
+        out = m(torch.rand(2, 3, 320, 320))
+    feats = out["feats"] if isinstance(out, dict) else out
+    assert [tuple(f.shape[-2:]) for f in feats] == [(40, 40), (20, 20), (10, 10)]
+
+
+@pytest.mark.parametrize("yaml_name", YAMLS)
+def test_param_counts(models, yaml_name):
+    assert sum(p.numel() for p in models[yaml_name].parameters()) == PARAMS[yaml_name]
+
+
+def test_original_matches_ultralytics_stock_yolov5n(models):
+    from ultralytics.nn.tasks import DetectionModel
+
+    stock = DetectionModel("yolov5n.yaml", verbose=False)
+    ours = models["yolov5n.yaml"]
+    assert [type(a).__name__ for a in stock.model] == [type(b).__name__ for b in ours.model]
+    assert {k: v.shape for k, v in stock.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    assert round(gflops(ours, 640), 1) == 7.8
+    ours.load_state_dict(stock.state_dict())
+    stock.eval(), ours.eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(stock(x)[0], ours(x)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("yaml_name", ["yolov5n-dero.yaml", "yolov5n-plain.yaml"])
+def test_no_residual_spans_more_than_one_operator(models, yaml_name):
+    m = models[yaml_name]
+    kinds = set()
+    for layer in m.model:
+        kinds.add(type(layer))
+        if isinstance(layer, (DeroConv, DeroC3)):
+            units = [layer] if isinstance(layer, DeroUnit) else list(layer)
+            assert all(type(u) is DeroConv for u in units)  # a chain of one-operator units, no multi-op block
+    assert kinds <= {DeroConv, DeroC3, SPPF, nn.Upsample, Concat, Detect}
+    assert not any(isinstance(x, (Bottleneck, C3)) for x in m.modules())
+    # every Ultralytics Conv left is inside the stock SPPF or Detect head
+    stock_parents = [x for x in m.model if isinstance(x, (SPPF, Detect))]
+    convs_in_stock = sum(1 for p in stock_parents for x in p.modules() if isinstance(x, Conv))
+    assert convs_in_stock == sum(1 for x in m.modules() if isinstance(x, Conv))
+    # DERO C3 chain: 1x1 entry, n x (1x1, 3x3), 1x1 exit
+    c3 = m.model[4]  # 6 -> round(6 * 0.33) = 2 bottlenecks
+    assert [u.k for u in c3] == [1, 1, 3, 1, 3, 1]
+    assert c3[0].c_in == 64 and c3[0].c_out == 32 and c3[-1].c_out == 64
+
+
+def test_dero_has_shortcuts_and_plain_has_none(models):
+    dero, plain = models["yolov5n-dero.yaml"], models["yolov5n-plain.yaml"]
+    dero_units = [u for u in dero.modules() if isinstance(u, DeroUnit)]
+    plain_units = [u for u in plain.modules() if isinstance(u, DeroUnit)]
+    assert len(dero_units) == len(plain_units) == 9 + 38  # 9 single convs, 8 C3 chains
+    assert all(u.shortcut is not None for u in dero_units)
+    assert all(u.shortcut is None for u in plain_units)
+    assert not any(isinstance(x, Shortcut) for x in plain.modules())
+    assert not any("shortcut" in n for n, _ in plain.named_parameters())
+    assert all(isinstance(u.act, nn.SiLU) for u in dero_units)
+    # same topology and operator shapes
+    assert [(u.c_in, u.c_out, u.k, u.s) for u in dero_units] == [(u.c_in, u.c_out, u.k, u.s) for u in plain_units]
+
+
+@pytest.mark.parametrize("yaml_name", YAMLS)
+def test_memory_stages(models, yaml_name):
+    m = models[yaml_name]
+    st = m.memory_stages
+    assert list(st) == ["stem", "stage1", "stage2", "stage3", "stage4", "neck", "head"]
+    assert st["stem"] == ["model.0"] and st["head"] == ["model.24"]
+    names = dict(m.named_modules())
+    flat = [n for v in st.values() for n in v]
+    assert all(n in names for n in flat)
+    assert sorted(flat, key=lambda s: int(s.split(".")[1])) == [f"model.{i}" for i in range(len(m.model))]
+    m2 = copy.deepcopy(m)  # survives copying/pickling (checkpoints pickle the model)
+    assert m2.memory_stages == st
+
+
+def test_width_and_depth_scaling_from_file_name(tmp_path):
+    shutil.copy(CFG / "yolov5n-dero.yaml", tmp_path / "yolov5m-dero.yaml")  # m: depth 0.67, width 0.75
+    m = DeroDetectionModel(tmp_path / "yolov5m-dero.yaml", verbose=False)
+    assert m.yaml["scale"] == "m"
+    assert m.model[0].c_out == 48 and m.model[1].c_out == 96
+    assert len(m.model[2]) == 2 + 2 * 2  # C3 n=3 -> round(3 * 0.67) = 2 bottlenecks
+
+
+def test_parser_rejects_unknown_module_by_name(tmp_path):
+    text = (CFG / "yolov5n-dero.yaml").read_text().replace("[-1, 3, DeroC3, [128]]", "[-1, 3, C2f, [128]]")
+    (tmp_path / "yolov5n-bad.yaml").write_text(text)
+    with pytest.raises(ModelConfigError, match=r"layer 2: module 'C2f' is not supported.*DeroC3"):
+        DeroDetectionModel(tmp_path / "yolov5n-bad.yaml", verbose=False)
+
+
+def test_parser_rejects_bad_stages(tmp_path):
+    text = (CFG / "yolov5n.yaml").read_text().replace('neck: ["10-23"]', 'neck: ["10-22"]')
+    (tmp_path / "yolov5n-stages.yaml").write_text(text)
+    with pytest.raises(ModelConfigError, match=r"layers \[23\] belong to no stage"):
+        DeroDetectionModel(tmp_path / "yolov5n-stages.yaml", verbose=False)
+
+
+def test_nc_override_and_resolve_relative_to_repo(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # cfg/... is not under cwd: resolved against the repository
+    m = DeroDetectionModel("cfg/yolov5n-dero.yaml", nc=6, verbose=False)
+    assert m.model[-1].nc == 6 and m.yaml["nc"] == 6
+
+
+def test_exportable_shortcut_is_the_same_math():
+    torch.manual_seed(0)
+    for ci, co, k, s, p in [(3, 16, 6, 2, 2), (16, 32, 3, 2, 1), (32, 16, 1, 1, 0), (24, 16, 1, 1, 0),
+                            (8, 12, 1, 2, 0), (40, 16, 3, 2, 1)]:
+        m = Shortcut(ci, co, k, s, p).eval()
+        m.bn.running_mean.uniform_(-1, 1)
+        for h in (15, 16):
+            x = torch.randn(2, ci, h, h)
+            with torch.no_grad():
+                ref = m(x)
+                with exact_shortcuts_for_export():
+                    alt = m(x)
+            assert torch.allclose(ref, alt, atol=1e-5), (ci, co, k, s, p, h)
+    assert Shortcut.forward.__name__ == "forward"  # restored
+
+
+def test_exported_shortcut_matches_in_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    onnxslim = pytest.importorskip("onnxslim")
+    m = nn.Sequential(DeroConv(3, 16, 6, 2, 2), DeroC3(16, 32, 1), DeroConv(32, 24, 3, 2)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    f = io.BytesIO()
+    with exact_shortcuts_for_export(), torch.no_grad():
+        torch.onnx.export(m, (x,), f, opset_version=18, dynamo=False)
+    slim = onnxslim.slim(onnx.load_from_string(f.getvalue())).SerializeToString()  # Ultralytics' simplify=True
+    for blob in (f.getvalue(), slim):
+        sess = ort.InferenceSession(blob)
+        out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        assert np.allclose(out, ref, atol=1e-4)

@@ -1,0 +1,296 @@
+"""End-to-end: train_det.py / val_det.py on tiny data, offline, reload, resume, ONNX export, COCO layout.
+
+Every CLI run is a fresh subprocess with a project cache of its own (DERO_CACHE_DIR) and a network guard
+(sitecustomize) that records and refuses any connection, DNS lookup or urlopen.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from yolo_dero.paths import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+GUARD = textwrap.dedent('''
+    """Test network guard: record and refuse every attempt to reach the network."""
+    import os, socket, urllib.request
+
+    _LOG = os.environ.get("DERO_NET_LOG")
+    _LOCAL = {None, "localhost", "127.0.0.1", "::1", "0.0.0.0", ""}
+
+    def _record(what):
+        if _LOG:
+            with open(_LOG, "a") as f:
+                f.write(f"{os.getpid()} {what}\\n")
+
+    _connect, _connect_ex, _gai = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def _remote(sock, address):
+        return sock.family != getattr(socket, "AF_UNIX", None) and not (
+            isinstance(address, tuple) and address and address[0] in _LOCAL)
+
+    def connect(self, address):
+        if _remote(self, address):
+            _record(f"socket.connect {address!r}")
+            raise OSError("network disabled by test guard")
+        return _connect(self, address)
+
+    def connect_ex(self, address):
+        if _remote(self, address):
+            _record(f"socket.connect_ex {address!r}")
+            return 111
+        return _connect_ex(self, address)
+
+    def getaddrinfo(host, *a, **k):
+        if host not in _LOCAL:
+            _record(f"getaddrinfo {host!r}")
+            raise socket.gaierror("network disabled by test guard")
+        return _gai(host, *a, **k)
+
+    def create_connection(address, *a, **k):
+        _record(f"create_connection {address!r}")
+        raise OSError("network disabled by test guard")
+
+    def gethostbyname(host):
+        _record(f"gethostbyname {host!r}")
+        raise socket.gaierror("network disabled by test guard")
+
+    def urlopen(url, *a, **k):
+        _record(f"urlopen {getattr(url, 'full_url', url)!r}")
+        raise OSError("network disabled by test guard")
+
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+    socket.getaddrinfo, socket.create_connection, socket.gethostbyname = getaddrinfo, create_connection, gethostbyname
+    urllib.request.urlopen = urlopen
+''')
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment: fresh project cache (no fonts, no settings yet), network guard, tiny data."""
+    root = tmp_path_factory.mktemp("det")
+    guard = root / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(GUARD)
+    e = dict(os.environ)
+    for k in [k for k in e if k.startswith("YOLO_") or k.startswith("ULTRALYTICS_")]:
+        e.pop(k)
+    e.update(PYTHONPATH=os.pathsep.join([str(guard), str(REPO_ROOT), e.get("PYTHONPATH", "")]),
+             DERO_CACHE_DIR=str(root / "cache"), DERO_NET_LOG=str(root / "net.log"), PYTHONUNBUFFERED="1")
+    e.pop("DERO_COCO_DIR", None)
+    tiny = root / "tiny.yaml"
+    tiny.write_text("builtin: shapes\ncache_name: tiny\nn_train: 12\nn_val: 4\nimgsz: 160\nseed: 0\n")
+    return {"env": e, "root": root, "tiny": tiny, "log": root / "net.log"}
+
+
+def run(env, *args, check=True, timeout=600):
+    p = subprocess.run([sys.executable, *map(str, args)], cwd=env["root"], env=env["env"], capture_output=True,
+                       text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
+    return p
+
+
+def net_attempts(env):
+    return env["log"].read_text() if env["log"].exists() else ""
+
+
+def test_network_guard_is_active(env):
+    p = run(env, "-c", "import urllib.request\ntry:\n urllib.request.urlopen('http://example.com')\n"
+                       "except OSError: print('refused')", check=True)
+    assert "refused" in p.stdout and "urlopen 'http://example.com'" in net_attempts(env)
+    env["log"].unlink()
+
+
+@pytest.fixture(scope="module")
+def dero_run(env):
+    """One epoch of DERO YOLOv5n (plots on) + val_det.py on its best.pt, both offline in fresh processes."""
+    out = env["root"] / "dero.json"
+    p = run(env, REPO_ROOT / "train_det.py", "--model", "cfg/yolov5n-dero.yaml", "--data", env["tiny"],
+            "--epochs", 1, "--imgsz", 160, "--batch", 4, "--project", env["root"] / "runs", "--name", "dero",
+            "--json-out", out)
+    res = json.loads(out.read_text())
+    vout = env["root"] / "dero_val.json"
+    v = run(env, REPO_ROOT / "val_det.py", "--weights", res["best"], "--batch", 4, "--json-out", vout,
+            "--project", env["root"] / "val")
+    return {"train": p, "res": res, "val": v, "val_res": json.loads(vout.read_text())}
+
+
+def test_offline_train_and_val_make_no_network_attempt(env, dero_run):
+    assert net_attempts(env) == ""
+    settings = Path(env["env"]["DERO_CACHE_DIR"]) / "ultralytics" / "Ultralytics"
+    assert (settings / "Arial.ttf").is_file() and (settings / "Arial.Unicode.ttf").is_file()
+    s = json.loads((settings / "settings.json").read_text())
+    assert s["sync"] is False and s["mlflow"] is False and s["runs_dir"] == str(REPO_ROOT / "runs")
+    assert list((Path(dero_run["res"]["save_dir"])).glob("*.jpg"))  # plots were drawn (with the local font)
+
+
+def test_dero_one_epoch_training(dero_run):
+    res = dero_run["res"]
+    assert Path(res["best"]).is_file() and res["epochs"] == 1 and res["imgsz"] == 160
+    assert "Results saved to" in dero_run["train"].stdout and "mAP50-95" in dero_run["train"].stdout
+    assert 0.0 <= res["map50"] <= 1.0
+
+
+def test_best_pt_reloads_in_a_fresh_process_and_validates(dero_run):
+    v = dero_run["val_res"]
+    for k in ("map50_95", "map50", "params", "imgsz", "weights", "data"):
+        assert k in v
+    assert set(v["pycocotools"]) >= {"map50_95", "map50"}
+    assert v["imgsz"] == 160 and v["params"] > 2_000_000 and v["pycocotools"]["n_images"] == 4
+    assert v["pycocotools"]["unmatched_predictions"] == 0 and v["pycocotools"]["images_not_in_gt"] == 0
+    assert "pycocotools   mAP50-95" in dero_run["val"].stdout
+    assert abs(v["map50_95"] - v["pycocotools"]["map50_95"]) < 0.05
+
+
+def test_onnx_export_matches_pytorch(dero_run, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import shutil
+
+    from yolo_dero.ultra import DeroYOLO
+
+    best = tmp_path / "best.pt"
+    shutil.copy(dero_run["res"]["best"], best)
+    model = DeroYOLO(str(best))
+    f = model.export(format="onnx", imgsz=160, device="cpu")
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 160, 160)
+    sess = ort.InferenceSession(f)
+    onnx_out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    ref = DeroYOLO(str(best)).model.float().eval()
+    with torch.no_grad():
+        pt_out = ref(x)[0].numpy()
+    assert onnx_out.shape == pt_out.shape
+    assert np.allclose(onnx_out, pt_out, rtol=1e-3, atol=1e-3), np.abs(onnx_out - pt_out).max()
+    # predict through Ultralytics with both the .pt and the .onnx: same detections
+    root = yaml.safe_load(Path(dero_run["res"]["data"]).read_text())["path"]
+    image = str(sorted((Path(root) / "images" / "val").glob("*.jpg"))[0])
+    r_pt = model.predict(image, imgsz=160, conf=0.001, device="cpu", verbose=False)[0].boxes
+    r_onnx = DeroYOLO(f, task="detect").predict(image, imgsz=160, conf=0.001, device="cpu", verbose=False)[0].boxes
+    assert len(r_pt) == len(r_onnx) > 0
+    assert torch.allclose(r_pt.xyxy[:10].cpu(), r_onnx.xyxy[:10].cpu(), atol=0.5)
+
+
+def test_plain_one_epoch_with_bad_labels(env, tmp_path):
+    from yolo_dero.datasets import generate_shapes
+    from yolo_dero.nn.dero import DeroUnit
+
+    y = generate_shapes(tmp_path / "bad", n_train=12, n_val=4, imgsz=160, seed=1)
+    labels = sorted((y.parent / "labels" / "train").iterdir())
+    labels[0].write_text(labels[0].read_text() + "9 0.5 0.5 0.1 0.1\n")
+    n1 = len(labels[1].read_text().splitlines())
+    labels[1].write_text(labels[1].read_text() + "0 1.4 0.5 0.1 0.1\n")
+    out = tmp_path / "plain.json"
+    p = run(env, REPO_ROOT / "train_det.py", "--model", "cfg/yolov5n-plain.yaml", "--data", y, "--epochs", 1,
+            "--imgsz", 160, "--batch", 4, "--project", tmp_path / "runs", "--name", "plain", "--plots", "false",
+            "--json-out", out)
+    n0 = len(labels[0].read_text().splitlines())
+    assert f"{labels[0]}:{n0}: class 9 out of range 0-5 -> image skipped" in p.stdout
+    assert f"{labels[1]}:{n1 + 1}: coordinates outside [0, 1]" in p.stdout
+    res = json.loads(out.read_text())
+    ckpt = torch.load(res["best"], map_location="cpu", weights_only=False)
+    units = [m for m in ckpt["model"].modules() if isinstance(m, DeroUnit)]
+    assert units and all(u.shortcut is None for u in units)
+    assert not any("shortcut" in n for n, _ in ckpt["model"].named_parameters())
+
+
+STOP_AFTER_FIRST_EPOCH = textwrap.dedent('''
+    import sys
+    from yolo_dero.ultra import model as M
+
+    _init = M.DeroDetectionTrainer.__init__
+
+    def __init__(self, *a, **k):
+        _init(self, *a, **k)
+
+        def stop(trainer):
+            if trainer.epoch == 0:
+                raise KeyboardInterrupt  # as if Ctrl-C arrived right after epoch 1 was saved
+
+        self.add_callback("on_model_save", stop)
+
+    M.DeroDetectionTrainer.__init__ = __init__
+    from yolo_dero.ultra.cli import train_main
+
+    sys.exit(train_main(sys.argv[1:]))
+''')
+
+
+def test_interrupted_training_resumes_to_the_same_epochs(env, tmp_path):
+    script = tmp_path / "interrupted_train.py"
+    script.write_text(STOP_AFTER_FIRST_EPOCH)
+    p = run(env, script, "--data", env["tiny"], "--epochs", 2, "--imgsz", 160, "--batch", 4, "--plots", "false",
+            "--project", tmp_path / "runs", "--name", "r", check=False)
+    assert p.returncode == 130, p.stdout[-3000:] + p.stderr[-3000:]
+    last = tmp_path / "runs" / "r" / "weights" / "last.pt"
+    assert f"--resume {last}" in p.stdout
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
+    out = tmp_path / "resumed.json"
+    q = run(env, REPO_ROOT / "train_det.py", "--resume", last, "--json-out", out)
+    assert "Resuming" in q.stdout
+    res = json.loads(out.read_text())
+    assert res["epochs"] == 2 and res["save_dir"] == str(tmp_path / "runs" / "r")
+    rows = (tmp_path / "runs" / "r" / "results.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0].strip() for r in rows[1:]] == ["1", "2"]
+    # a finished run has nothing left to resume: clear error
+    done = run(env, REPO_ROOT / "train_det.py", "--resume", res["last"], check=False)
+    assert done.returncode == 2 and "nothing to resume" in done.stderr
+
+
+def test_val_det_on_a_tiny_coco_layout(env, tmp_path):
+    """data/coco.yaml path logic (--data-path) and the 80->91 map, end to end through val_det.py."""
+    from test_det_data import _coco_like
+
+    from yolo_dero.ultra import DeroDetectionModel
+
+    root = _coco_like(tmp_path / "coco")
+    names = yaml.safe_load((REPO_ROOT / "data" / "coco.yaml").read_text())["names"]
+    m = DeroDetectionModel("cfg/yolov5n-dero.yaml", nc=80, verbose=False)
+    m.names = names
+    ck = tmp_path / "untrained80.pt"
+    torch.save({"model": m.half(), "train_args": {"imgsz": 128, "task": "detect"}, "epoch": -1,
+                "optimizer": None}, ck)
+    out = tmp_path / "coco.json"
+    p = run(env, REPO_ROOT / "val_det.py", "--weights", ck, "--data", "data/coco.yaml", "--data-path", root,
+            "--imgsz", 128, "--batch", 4, "--json-out", out, "--project", tmp_path / "val")
+    res = json.loads(out.read_text())
+    pc = res["pycocotools"]
+    assert pc["n_images"] == 4 and pc["unmatched_predictions"] == 0 and pc["images_not_in_gt"] == 0
+    assert pc["n_predictions"] > 0
+    assert res["coco_json"] == str(root / "annotations" / "instances_val2017.json")
+    preds = json.loads(Path(res["predictions_json"]).read_text())
+    from yolo_dero.ultra.cocoeval import COCO80_TO_91
+
+    assert {d["category_id"] for d in preds} <= set(COCO80_TO_91)  # Ultralytics wrote COCO ids
+    assert net_attempts(env) == ""
+    assert "pycocotools" in p.stdout
+    # without the dataset: an error that names the expected paths (no download)
+    q = run(env, REPO_ROOT / "val_det.py", "--weights", ck, "--data", "data/coco.yaml", check=False)
+    assert q.returncode == 2 and "DERO_COCO_DIR" in q.stderr and "val2017.txt" in q.stderr
+
+
+def test_bad_weights_give_clear_errors(tmp_path, capsys):
+    from yolo_dero.ultra import CheckpointError, check_checkpoint
+    from yolo_dero.ultra.cli import val_main
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="corrupt or not a .pt file"):
+        check_checkpoint(corrupt)
+    other = tmp_path / "resnet_state_dict.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}, other)
+    with pytest.raises(CheckpointError, match="weights of another architecture"):
+        check_checkpoint(other)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        check_checkpoint(tmp_path / "missing.pt")
+    assert val_main(["--weights", str(corrupt)]) == 2
+    assert "corrupt" in capsys.readouterr().err

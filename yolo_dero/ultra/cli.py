@@ -1,0 +1,340 @@
+"""The library behind ``train_det.py`` and ``val_det.py`` (the scripts are thin wrappers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import env as _env
+
+_env.setup_environment()
+
+import torch  # noqa: E402
+
+from ..datasets import DatasetError, resolve_data, scan_labels  # noqa: E402
+from ..datasets.resolve import image_files  # noqa: E402
+from ..paths import REPO_ROOT  # noqa: E402
+from .cocoeval import evaluate, ultralytics_class_map  # noqa: E402
+from .model import CheckpointError, DeroYOLO, check_checkpoint  # noqa: E402
+from .parser import ModelConfigError  # noqa: E402
+
+# The default quick CPU schedule: DERO YOLOv5n on the built-in shapes data, reaching mAP50 >= 0.5 on its val
+# split in a few minutes on 2 CPU cores (see the README section for measured figures).
+QUICK = {"epochs": 6, "imgsz": 256, "batch": 16, "warmup_epochs": 0.0, "close_mosaic": 3, "optimizer": "AdamW",
+         "lr0": 0.002}
+
+# Ultralytics train options passed straight through when given (flag -> type)
+PASS_TRAIN = {
+    "epochs": int, "imgsz": int, "batch": int, "device": str, "workers": int, "seed": int, "patience": int,
+    "optimizer": str, "lr0": float, "lrf": float, "momentum": float, "weight_decay": float,
+    "warmup_epochs": float, "close_mosaic": int, "mosaic": float, "mixup": float, "fraction": float,
+    "save_period": int, "cache": str, "time": float, "freeze": int, "max_det": int, "nbs": int,
+}
+RESUME_ALLOWED = {"imgsz", "batch", "device", "close_mosaic", "save_period", "workers", "cache", "patience", "time",
+                  "plots", "val"}
+USER_ERRORS = (DatasetError, CheckpointError, ModelConfigError, FileNotFoundError)
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in {"1", "true", "yes", "on", "y"}:
+        return True
+    if s.lower() in {"0", "false", "no", "off", "n"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _extra(tokens: list[str]) -> dict[str, Any]:
+    """Trailing ``key=value`` Ultralytics options (values parsed as Python/YAML scalars)."""
+    import yaml
+
+    out = {}
+    for t in tokens:
+        if "=" not in t:
+            raise SystemExit(f"error: unrecognised argument {t!r} (extra Ultralytics options are key=value)")
+        k, v = t.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"ERROR: {msg}", file=sys.stderr)
+    return code
+
+
+def report_label_issues(rd, splits=("train", "val"), limit: int = 30) -> int:
+    """Pre-scan the labels and print every bad line as ``file:line: problem -> what Ultralytics does``."""
+    total = 0
+    for split in splits:
+        if not rd.data.get(split):
+            continue
+        issues, n = scan_labels(rd.root, rd.data[split], rd.nc)
+        total += len(issues)
+        for i, issue in enumerate(issues):
+            if i == limit:
+                print(f"WARNING labels ({split}): ... {len(issues) - limit} more label problems not shown")
+                break
+            print(f"WARNING labels ({split}): {issue}")
+        if issues:
+            skipped = len({x.file for x in issues if x.action == "image skipped"})
+            print(f"WARNING labels ({split}): {len(issues)} bad label lines in {n} label files; "
+                  f"{skipped} images will be skipped by Ultralytics, boxes within its 1% tolerance clipped; "
+                  f"training continues")
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------------ train
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_det.py", description="Train a (DERO) YOLOv5n detector with Ultralytics, offline.",
+        epilog="Extra Ultralytics train options may follow as key=value (e.g. hsv_h=0.0 cos_lr=True).")
+    p.add_argument("--model", default="cfg/yolov5n-dero.yaml",
+                   help="model YAML (cfg/yolov5n.yaml, cfg/yolov5n-dero.yaml, cfg/yolov5n-plain.yaml) or a .pt to "
+                        "fine-tune (default: %(default)s)")
+    p.add_argument("--data", default="data/shapes.yaml", help="data YAML (default: %(default)s, the built-in set)")
+    p.add_argument("--data-path", default=None, help="dataset root, overrides the data YAML's path: (and $DERO_COCO_DIR)")
+    p.add_argument("--epochs", type=int, default=QUICK["epochs"], help="default: %(default)s")
+    p.add_argument("--imgsz", type=int, default=QUICK["imgsz"], help="default: %(default)s")
+    p.add_argument("--batch", type=int, default=QUICK["batch"], help="default: %(default)s")
+    p.add_argument("--device", default=None, help="cpu, 0, 0,1 (DDP) ... (default: first GPU, else cpu)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--project", default=str(REPO_ROOT / "runs" / "detect"), help="default: %(default)s")
+    p.add_argument("--name", default=None, help="run name (default: <model>-<data>)")
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="LAST_PT",
+                   help="resume an interrupted run from its weights/last.pt (alone: the latest last.pt under "
+                        "--project); finishes the epochs the run was started with")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--optimizer", default=QUICK["optimizer"],
+                   help="SGD, Adam, AdamW, ... or auto (Ultralytics' default) (default: %(default)s)")
+    p.add_argument("--lr0", type=float, default=QUICK["lr0"], help="default: %(default)s")
+    p.add_argument("--lrf", type=float, default=None)
+    p.add_argument("--momentum", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=QUICK["warmup_epochs"], help="default: %(default)s")
+    p.add_argument("--close-mosaic", type=int, default=QUICK["close_mosaic"], help="default: %(default)s")
+    p.add_argument("--nbs", type=int, default=None,
+                   help="nominal batch size: Ultralytics accumulates gradients over nbs/batch batches per optimizer "
+                        "step and scales weight decay by batch*accumulate/nbs (its default 64 means 4 batches of 16 "
+                        "per step). Default here: --batch, one step per batch, weight decay as given")
+    p.add_argument("--mosaic", type=float, default=None)
+    p.add_argument("--mixup", type=float, default=None)
+    p.add_argument("--fraction", type=float, default=None)
+    p.add_argument("--save-period", type=int, default=None)
+    p.add_argument("--cache", default=None, help="ram or disk")
+    p.add_argument("--time", type=float, default=None, help="hours (overrides epochs)")
+    p.add_argument("--freeze", type=int, default=None)
+    p.add_argument("--max-det", type=int, default=None)
+    p.add_argument("--amp", type=_bool, default=None, help="true/false (CPU never uses AMP)")
+    p.add_argument("--cos-lr", action="store_true")
+    p.add_argument("--plots", type=_bool, default=True, help="true/false (default: true)")
+    p.add_argument("--val", type=_bool, default=True, help="validate every epoch (default: true)")
+    p.add_argument("--deterministic", type=_bool, default=True)
+    p.add_argument("--pretrained", default=None, help="a .pt whose matching weights initialise the model")
+    p.add_argument("--no-label-scan", action="store_true", help="skip the label pre-scan")
+    p.add_argument("--json-out", default=None, help="write the final metrics and paths as JSON")
+    p.add_argument("--verbose", type=_bool, default=False)
+    p.add_argument("extra", nargs="*", help="extra Ultralytics options, key=value")
+    return p
+
+
+def _latest_last(project: Path) -> Path:
+    runs = sorted(Path(project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f"--resume: no */weights/last.pt under {project}; pass the path of a last.pt")
+    return runs[-1]
+
+
+def _resume(args, given: dict[str, Any], data_typed: bool) -> tuple[DeroYOLO, Any]:
+    last = _latest_last(Path(args.project)) if args.resume is True else Path(args.resume)
+    check_checkpoint(last)
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    if ckpt.get("optimizer") is None or int(ckpt.get("epoch", -1)) < 0:
+        raise CheckpointError(f"'{last}' is a finished or stripped checkpoint (no optimizer state): nothing to "
+                              f"resume. Start a new run instead.")
+    targs = ckpt.get("train_args", {})
+    print(f"Resuming {last} at epoch {int(ckpt['epoch']) + 2} of {targs.get('epochs')}")
+    del ckpt
+    overrides = {k: v for k, v in given.items() if k in RESUME_ALLOWED}
+    if data_typed:  # e.g. the dataset moved: resolve it again
+        overrides["data"] = str(resolve_data(args.data, args.data_path, splits=("train", "val")).yaml_path)
+    elif targs.get("data") and not Path(str(targs["data"])).is_file():
+        raise DatasetError(f"the run's data YAML '{targs['data']}' is gone (cache cleared?); pass --data again "
+                           f"(e.g. --data data/shapes.yaml) to regenerate/resolve it")
+    ignored = sorted(k for k in given if k not in RESUME_ALLOWED)
+    if ignored:
+        print(f"WARNING --resume keeps the checkpoint's {ignored}; start a new run to change them")
+    model = DeroYOLO(str(last))
+    return model, model.train(resume=True, **overrides)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = train_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    typed = {a.dest for a in parser._actions for o in a.option_strings
+             if any(t == o or t.startswith(o + "=") for t in argv)}  # options the user actually gave
+    given: dict[str, Any] = {}
+    for k, typ in PASS_TRAIN.items():
+        v = getattr(args, k, None)
+        if v is not None:
+            given[k] = typ(v)
+    if args.amp is not None:
+        given["amp"] = args.amp
+    if args.cos_lr:
+        given["cos_lr"] = True
+    given.update(plots=args.plots, val=args.val)
+    extra = _extra(args.extra)
+    given.update(extra)
+    t0 = time.time()
+    model = None
+    try:
+        if args.resume:
+            model, metrics = _resume(args, {k: v for k, v in given.items() if k in typed or k in extra},
+                                     data_typed="data" in typed or "data_path" in typed)
+        else:
+            rd = resolve_data(args.data, args.data_path, splits=("train", "val"))
+            if not args.no_label_scan:
+                report_label_issues(rd)
+            batch = given.get("batch", QUICK["batch"])
+            given.setdefault("nbs", batch if batch > 0 else 64)  # one optimizer step per batch (-1 = autobatch)
+            model_arg = args.model
+            if str(model_arg).lower().endswith(".pt"):
+                check_checkpoint(model_arg)
+            model = DeroYOLO(model_arg)
+            name = args.name or f"{Path(str(model_arg)).stem}-{rd.source.stem}"
+            train_kw = dict(data=str(rd.yaml_path), project=str(Path(args.project).resolve()), name=name,
+                            exist_ok=args.exist_ok, deterministic=args.deterministic,
+                            verbose=args.verbose, **given)
+            if args.pretrained:
+                check_checkpoint(args.pretrained)
+                train_kw["pretrained"] = str(Path(args.pretrained).resolve())
+            metrics = model.train(**train_kw)
+    except USER_ERRORS as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        trainer = getattr(model, "trainer", None)
+        if trainer is not None and getattr(trainer, "save_dir", None):
+            print(f"\nInterrupted. Resume with: python train_det.py --resume {Path(trainer.save_dir) / 'weights' / 'last.pt'}")
+        return 130
+    trainer = model.trainer
+    save_dir = Path(trainer.save_dir)
+    best = Path(trainer.best)
+    box = getattr(metrics, "box", None)
+    result = {
+        "save_dir": str(save_dir),
+        "best": str(best) if best.is_file() else None,
+        "last": str(trainer.last) if Path(trainer.last).is_file() else None,
+        "map50_95": float(box.map) if box is not None else None,
+        "map50": float(box.map50) if box is not None else None,
+        "epochs": int(trainer.epochs),
+        "wall_s": round(time.time() - t0, 1),
+        "model": str(getattr(trainer.args, "model", args.model)),
+        "data": str(trainer.args.data),
+        "imgsz": trainer.args.imgsz,
+    }
+    print(f"\nResults saved to {save_dir}")
+    print(f"Best weights: {result['best']}")
+    if box is not None:
+        print(f"Final val (best.pt): mAP50-95 {result['map50_95']:.4f}  mAP50 {result['map50']:.4f}  "
+              f"[{result['epochs']} epochs, {result['wall_s']:.0f} s]")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------------- val
+
+
+def val_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="val_det.py",
+        description="Validate a detection checkpoint: Ultralytics' mAP and pycocotools' COCOeval on its "
+                    "predictions.json.")
+    p.add_argument("--weights", required=True, help="a .pt written by train_det.py (best.pt / last.pt)")
+    p.add_argument("--data", default=None,
+                   help="data YAML (default: the one the checkpoint was trained on, else data/shapes.yaml)")
+    p.add_argument("--data-path", default=None, help="dataset root, overrides the data YAML's path:")
+    p.add_argument("--imgsz", type=int, default=None, help="default: the checkpoint's training size")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--conf", type=float, default=0.001)
+    p.add_argument("--iou", type=float, default=0.7)
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--device", default=None)
+    p.add_argument("--coco-json", default=None,
+                   help="COCO-format ground truth for datasets whose YAML names none (coco_json:)")
+    p.add_argument("--json-out", default=None, help="write the figures as JSON")
+    p.add_argument("--project", default=str(REPO_ROOT / "runs" / "val"))
+    p.add_argument("--name", default=None)
+    p.add_argument("--plots", type=_bool, default=False, help="true/false (default: false)")
+    p.add_argument("--no-label-scan", action="store_true")
+    return p
+
+
+def val_main(argv: list[str] | None = None) -> int:
+    args = val_parser().parse_args(argv)
+    try:
+        weights = check_checkpoint(args.weights)
+        model = DeroYOLO(str(weights))
+        data = args.data
+        if data is None:
+            ck_data = (model.ckpt or {}).get("train_args", {}).get("data")
+            data = ck_data if ck_data and Path(ck_data).is_file() else "data/shapes.yaml"
+        rd = resolve_data(data, args.data_path, splits=("val",), need_coco_json=args.coco_json is None)
+        gt_json = Path(args.coco_json).resolve() if args.coco_json else rd.coco_json
+        if args.coco_json and not gt_json.is_file():
+            raise DatasetError(f"--coco-json: file not found: '{args.coco_json}'")
+        nc_model = len(model.names)
+        if nc_model != rd.nc:
+            raise CheckpointError(f"'{weights}' predicts {nc_model} classes but '{rd.source}' has {rd.nc}")
+        if not args.no_label_scan:
+            report_label_issues(rd, splits=("val",))
+        holder: dict[str, Any] = {}
+        model.add_callback("on_val_end", lambda v: holder.update(save_dir=Path(v.save_dir), imgsz=v.args.imgsz))
+        kw = dict(data=str(rd.yaml_path), save_json=True, batch=args.batch, conf=args.conf, iou=args.iou,
+                  max_det=args.max_det, plots=args.plots, project=str(Path(args.project).resolve()),
+                  name=args.name or weights.parent.parent.name, verbose=False)
+        if args.imgsz:
+            kw["imgsz"] = args.imgsz
+        if args.device is not None:
+            kw["device"] = args.device
+        metrics = model.val(**kw)
+    except USER_ERRORS as e:
+        return _fail(str(e))
+    save_dir = holder["save_dir"]
+    pred_json = save_dir / "predictions.json"
+    ul = {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50),
+          "precision": float(metrics.box.mp), "recall": float(metrics.box.mr)}
+    if not pred_json.is_file():  # Ultralytics writes it only when there were predictions
+        pred_json.write_text("[]")
+    pc = evaluate(pred_json, gt_json, ultralytics_class_map(rd.data, rd.nc), None if args.coco_json and
+                  rd.category_ids is None else rd.category_ids, rd.names,
+                  image_files=image_files(rd.root, rd.data["val"]))
+    n_params = sum(p.numel() for p in model.model.parameters())
+    out = {
+        **ul,
+        "pycocotools": {k: pc[k] for k in ("map50_95", "map50", "stats", "n_images", "n_predictions",
+                                           "unmatched_predictions", "images_not_in_gt")},
+        "difference": {"map50_95": round(ul["map50_95"] - pc["map50_95"], 4),
+                       "map50": round(ul["map50"] - pc["map50"], 4)},
+        "params": n_params, "imgsz": holder.get("imgsz"), "weights": str(weights), "data": str(rd.source),
+        "data_resolved": str(rd.yaml_path), "coco_json": str(gt_json), "predictions_json": str(pred_json),
+        "save_dir": str(save_dir), "conf": args.conf, "iou": args.iou,
+        "speed_ms": {k: round(float(v), 2) for k, v in getattr(metrics, "speed", {}).items()},
+    }
+    print(f"\nweights {weights}\ndata {rd.source} ({pc['n_images']} val images), imgsz {out['imgsz']}, "
+          f"{n_params:,} params")
+    print(f"Ultralytics   mAP50-95 {ul['map50_95']:.4f}  mAP50 {ul['map50']:.4f}")
+    print(f"pycocotools   mAP50-95 {pc['map50_95']:.4f}  mAP50 {pc['map50']:.4f}   (COCOeval on {pred_json.name} vs "
+          f"{gt_json.name})")
+    print(f"Results saved to {save_dir}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(out, indent=2))
+        print(f"JSON written to {args.json_out}")
+    return 0

@@ -1,0 +1,297 @@
+"""Ultralytics extension points: a DetectionModel built by the project's parser, its trainer, a YOLO subclass.
+
+* :class:`DeroDetectionModel` -- ``DetectionModel`` whose layers come from :func:`~.parser.build_model`
+  (not Ultralytics' ``parse_model``); carries ``memory_stages``.
+* :class:`DeroDetectionTrainer` -- ``DetectionTrainer`` whose ``get_model`` builds a DeroDetectionModel.
+  Module-level, importable by path: Ultralytics' DDP launcher pickles the trainer class by reference.
+* :class:`DeroYOLO` -- ``YOLO`` with a ``task_map`` routing ``detect`` to the two classes above, so
+  ``DeroYOLO('cfg/yolov5n-dero.yaml').train(...)``, ``.val()``, ``.predict()``, ``.export()`` work and a
+  ``best.pt`` written by it reloads in a fresh process (its classes live in this importable package).
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+from . import env as _env
+
+_env.setup_environment()
+
+import torch  # noqa: E402
+from ultralytics import YOLO  # noqa: E402
+from ultralytics.models import yolo  # noqa: E402
+from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.nn.modules import Detect  # noqa: E402
+from ultralytics.nn.tasks import BaseModel, DetectionModel  # noqa: E402
+from ultralytics.utils import LOGGER, RANK  # noqa: E402
+from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
+
+from .parser import build_model, load_model_yaml, resolve_model_yaml  # noqa: E402
+
+_env.patch_ultralytics()
+
+__all__ = ["DeroDetectionModel", "DeroDetectionTrainer", "DeroYOLO", "CheckpointError", "check_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A .pt file that is not a usable detection checkpoint for these models."""
+
+
+class DeroDetectionModel(DetectionModel):
+    """A YOLO detection model built from a project YAML by the project's own parser.
+
+    Args:
+        cfg: model YAML path (resolved relative to cwd, then the repository) or an already loaded dict
+            (e.g. ``ckpt['model'].yaml`` when Ultralytics rebuilds a checkpoint's model).
+        ch: input channels. nc: number of classes (overrides the YAML's ``nc``). verbose: print the layer table.
+
+    Attributes beyond DetectionModel's: ``memory_stages`` -- ordered ``{"stem": ["model.0"], "stage1": [...],
+    ..., "neck": [...], "head": [...]}`` of qualified module names (as in ``named_modules()``).
+    """
+
+    def __init__(self, cfg: str | Path | dict = "yolov5n-dero.yaml", ch: int = 3, nc: int | None = None,
+                 verbose: bool = True):
+        BaseModel.__init__(self)  # nn.Module init; DetectionModel.__init__ would call Ultralytics' parse_model
+        self.yaml = cfg if isinstance(cfg, dict) else load_model_yaml(cfg)
+        self.yaml["channels"] = ch
+        if nc and nc != self.yaml["nc"]:
+            LOGGER.info(f"Overriding model.yaml nc={self.yaml['nc']} with nc={nc}")
+            self.yaml["nc"] = nc
+        self.model, self.save, self.memory_stages = build_model(deepcopy(self.yaml), ch=ch,
+                                                                verbose=verbose and RANK in {-1, 0})
+        self.names = {i: f"{i}" for i in range(self.yaml["nc"])}
+        self.inplace = self.yaml.get("inplace", True)
+
+        m = self.model[-1]
+        if not isinstance(m, Detect):
+            raise ValueError(f"last layer must be Detect, got {type(m).__name__}")
+        s = 256  # 2x the largest stride
+        m.inplace = self.inplace
+        self.model.eval()  # strides from a dry run without touching BatchNorm statistics
+        m.training = True
+        with torch.no_grad():
+            out = self.forward(torch.zeros(1, ch, s, s))
+        feats = (out.get("one2many", out) if isinstance(out, dict) else out)
+        feats = feats["feats"] if isinstance(feats, dict) else feats
+        m.stride = torch.tensor([s / x.shape[-2] for x in feats])
+        self.stride = m.stride
+        self.model.train()
+        m.bias_init()
+        initialize_weights(self)
+        if verbose and RANK in {-1, 0}:
+            self.info()
+            LOGGER.info("")
+
+
+    def info(self, detailed: bool = False, verbose: bool = True, imgsz: int = 640):
+        """Ultralytics' model summary, with GFLOPs that also work when the first parameter is a BatchNorm's.
+
+        (Ultralytics' ``get_flops`` reads the input channels from the first parameter's shape, which is a 1-D
+        BatchNorm weight in a DERO unit, and then silently reports nothing.)
+        """
+        from ultralytics.utils.torch_utils import get_num_gradients, get_num_params, model_info
+
+        if detailed:
+            model_info(self, detailed=True, verbose=verbose, imgsz=imgsz)
+        if not verbose:
+            return None
+        n_l = sum(1 for _, m in self.named_modules() if len(m._modules) == 0)
+        n_p, n_g, flops = get_num_params(self), get_num_gradients(self), gflops(self, imgsz)
+        fs = f", {flops:.1f} GFLOPs" if flops else ""
+        name = Path(self.yaml.get("yaml_file", "")).stem.replace("yolo", "YOLO") or "Model"
+        LOGGER.info(f"{name} summary: {n_l:,} layers, {n_p:,} parameters, {n_g:,} gradients{fs}")
+        return n_l, n_p, n_g, flops
+
+
+def gflops(model: torch.nn.Module, imgsz: int | tuple[int, int] = 640) -> float:
+    """GFLOPs (2 x multiply-accumulates counted by thop, as Ultralytics reports) of one image at ``imgsz``.
+
+    Counts the operators thop hooks (convolutions, BatchNorm, pooling modules); the DERO shortcut's
+    parameter-free sum-pool/pad/fold are functional and not counted (they are additions, no multiplies).
+    Returns 0.0 where thop is missing or profiling fails, like Ultralytics.
+    """
+    try:
+        import thop
+    except ImportError:
+        return 0.0
+    try:
+        h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+        ch = int(getattr(model, "yaml", {}).get("channels", 3))
+        p = next(model.parameters())
+        stride = max(int(model.stride.max()), 32) if hasattr(model, "stride") else 32
+        im = torch.empty((1, ch, h, w), device=p.device, dtype=p.dtype)
+        return thop.profile(deepcopy(model), inputs=[im], stride=stride, verbose=False)[0] / 1e9 * 2
+    except Exception:
+        return 0.0
+
+
+class DeroDetectionTrainer(DetectionTrainer):
+    """DetectionTrainer whose models are DeroDetectionModels (fresh from a YAML, or rebuilt from a checkpoint)."""
+
+    def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None,
+                  verbose: bool = True):
+        model = self.set_model_names_for_load(
+            DeroDetectionModel(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1))
+        if weights:
+            model.load(weights)
+        return model
+
+
+def _ckpt_model(ckpt: Any) -> torch.nn.Module | None:
+    if not isinstance(ckpt, dict):
+        return None
+    for key in ("ema", "model"):
+        if isinstance(ckpt.get(key), torch.nn.Module):
+            return ckpt[key]
+    return None
+
+
+def check_checkpoint(path: str | Path) -> Path:
+    """Make sure ``path`` is a readable Ultralytics *detection* checkpoint; raise a clear error otherwise.
+
+    Ultralytics itself would try to download a missing ``.pt`` by name, and reports damaged or foreign files
+    with generic errors; this check names the file and what is wrong with it.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: '{path}'")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, not a pickle, ...
+        raise CheckpointError(f"'{p}' is not a readable PyTorch checkpoint (corrupt or not a .pt file): "
+                              f"{type(e).__name__}: {e}") from None
+    if isinstance(ckpt, torch.jit.ScriptModule):
+        raise CheckpointError(f"'{p}' is a TorchScript archive, not an Ultralytics checkpoint")
+    model = _ckpt_model(ckpt)
+    if model is None:
+        what = f"a dict with keys {sorted(ckpt)[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"'{p}' is not an Ultralytics detection checkpoint (found {what}; expected a dict "
+                              f"with a 'model' or 'ema' DetectionModel) -- weights of another architecture?")
+    if not isinstance(model, DetectionModel) or not isinstance(model.model[-1], Detect) \
+            or type(model.model[-1]).__name__ != "Detect":
+        raise CheckpointError(f"'{p}' holds a {type(model).__name__} with head "
+                              f"{type(getattr(model, 'model', [None])[-1]).__name__}, not a detection model")
+    return p.resolve()
+
+
+def _zeros_cat(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """Append ``n`` zero slices along ``dim`` (a concat: exports exactly, unlike F.pad, see below)."""
+    shape = list(x.shape)
+    shape[dim] = n
+    return torch.cat([x, x.new_zeros(shape)], dim)
+
+
+def _exact_sum_pool_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """``Shortcut.forward`` written with ops that exporters map exactly (same math, parameter-free).
+
+    Two export problems of the reference implementation in ``yolo_dero/nn/dero.py``:
+
+    * ``F.avg_pool2d(..., divisor_override=1)`` (the sum-pool) is exported to ONNX as a plain AveragePool:
+      torch's ONNX exporter drops ``divisor_override``, so the exported shortcut is divided by k^2;
+    * ``F.pad`` exports as a Pad whose pads are computed by a reversing Slice, which onnxslim (Ultralytics'
+      ``simplify=True``) constant-folds into the wrong order: the zero channels land in front.
+
+    Here the sum-pool is ``avg_pool2d(count_include_pad=True) * k^2`` (every window of a non-ceil-mode pool
+    with padding p covers k^2 padded positions, so this is exactly the sum), and zero-padding is a concat.
+    """
+    import torch.nn.functional as F
+
+    if self.s > 1:
+        k, s = self.k, self.s
+        if self.ceil_mode:  # strided 1x1: window s x s, no padding, partial windows at the far edges
+            h, w = int(x.shape[-2]), int(x.shape[-1])  # constants in a trace (YOLO YAMLs have no such unit)
+            if (-h) % s:
+                x = _zeros_cat(x, 2, (-h) % s)
+            if (-w) % s:
+                x = _zeros_cat(x, 3, (-w) % s)
+            x = F.avg_pool2d(x, k, s, 0) * float(k * k)
+        else:
+            x = F.avg_pool2d(x, k, s, self.p, count_include_pad=True) * float(k * k)
+    c_in, c_out = int(self.c_in), int(self.c_out)  # static ints: traced shape arithmetic truncates divisions
+    if c_in < c_out:
+        x = _zeros_cat(x, 1, c_out - c_in)
+    elif c_in > c_out:
+        groups = -(-c_in // c_out)
+        if groups * c_out != c_in:
+            x = _zeros_cat(x, 1, groups * c_out - c_in)
+        x = x.unflatten(1, (groups, c_out)).sum(dim=1)
+    return self.bn(x)
+
+
+class exact_shortcuts_for_export:
+    """Context manager: DERO shortcuts use :func:`_exact_sum_pool_forward` (same math, exportable)."""
+
+    def __enter__(self):
+        from ..nn.dero import Shortcut
+
+        self._cls, self._orig = Shortcut, Shortcut.forward
+        Shortcut.forward = _exact_sum_pool_forward
+        return self
+
+    def __exit__(self, *exc):
+        self._cls.forward = self._orig
+        return False
+
+
+class DeroYOLO(YOLO):
+    """YOLO whose detection task uses :class:`DeroDetectionModel` and :class:`DeroDetectionTrainer`.
+
+    ``DeroYOLO('cfg/yolov5n-dero.yaml')`` (path relative to cwd or the repository) or ``DeroYOLO('best.pt')``.
+    """
+
+    def __init__(self, model: str | Path = "cfg/yolov5n-dero.yaml", task: str | None = None,
+                 verbose: bool = False):
+        s = str(model)
+        if s.lower().endswith((".yaml", ".yml")):
+            model = str(resolve_model_yaml(s))
+        elif s.lower().endswith(".pt"):
+            model = str(check_checkpoint(s))
+        super().__init__(model=model, task=task, verbose=verbose)
+        if self.task not in (None, "detect"):
+            raise CheckpointError(f"'{model}' is a {self.task} model; DeroYOLO handles detection only")
+
+    @staticmethod
+    def _resolve_data(kwargs: dict, splits: tuple[str, ...]) -> dict:
+        """Route a local data YAML through :func:`~yolo_dero.datasets.resolve_data` (built-in generation, absolute
+        ``path:``, no ``download:``); names Ultralytics knows but that are not local pass through unchanged."""
+        from ..datasets import resolve_data
+        from ..datasets.resolve import find_data_yaml
+
+        data = kwargs.get("data")
+        if isinstance(data, (str, Path)) and str(data).lower().endswith((".yaml", ".yml")):
+            try:
+                find_data_yaml(data)
+            except FileNotFoundError:
+                return kwargs
+            kwargs["data"] = str(resolve_data(data, splits=splits).yaml_path)
+        return kwargs
+
+    def train(self, trainer=None, **kwargs: Any):
+        """Ultralytics' train; ``data`` defaults to the built-in ``data/shapes.yaml`` and local data YAMLs are
+        resolved first (so ``data='data/shapes.yaml'`` or ``data='data/coco.yaml'`` work offline)."""
+        if not kwargs.get("resume"):
+            kwargs.setdefault("data", "data/shapes.yaml")
+            self._resolve_data(kwargs, ("train", "val"))
+        return super().train(trainer=trainer, **kwargs)
+
+    def val(self, validator=None, **kwargs: Any):
+        """Ultralytics' val, with local data YAMLs resolved first (see :meth:`train`)."""
+        return super().val(validator=validator, **self._resolve_data(kwargs, ("val",)))
+
+    def export(self, **kwargs: Any) -> str:
+        """Ultralytics' export with the DERO shortcut's sum-pool written in exactly-exportable ops."""
+        with exact_shortcuts_for_export():
+            return super().export(**kwargs)
+
+    @property
+    def task_map(self) -> dict[str, dict[str, Any]]:
+        return {
+            "detect": {
+                "model": DeroDetectionModel,
+                "trainer": DeroDetectionTrainer,
+                "validator": yolo.detect.DetectionValidator,
+                "predictor": yolo.detect.DetectionPredictor,
+            }
+        }
