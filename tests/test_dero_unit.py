@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from yolo_dero.nn import DeroPool, DeroUnit, Shortcut, fold_channels
+from yolo_dero.nn import DeroPool, DeroUnit, Shortcut, exportable_shortcuts, fold_channels
 
 
 def _neutral_bn(module: nn.Module) -> None:
@@ -138,3 +138,19 @@ def test_depthwise_unit_and_backward():
 def test_unknown_activation_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown activation"):
         DeroUnit(2, 2, act="swishy")
+
+
+def test_exportable_shortcut_is_the_same_math():
+    torch.manual_seed(0)
+    for ci, co, k, s, p in [(3, 16, 6, 2, 2), (16, 32, 3, 2, 1), (32, 16, 1, 1, 0), (24, 16, 1, 1, 0),
+                            (8, 12, 1, 2, 0), (40, 16, 3, 2, 1)]:
+        m = Shortcut(ci, co, k, s, p).eval()
+        m.bn.running_mean.uniform_(-1, 1)
+        for h in (15, 16):
+            x = torch.randn(2, ci, h, h)
+            with torch.no_grad():
+                ref = m(x)
+                with exportable_shortcuts():
+                    alt = m(x)
+            assert torch.allclose(ref, alt, atol=1e-5), (ci, co, k, s, p, h)
+    assert Shortcut.exportable is False  # restored

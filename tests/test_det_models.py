@@ -17,7 +17,8 @@ ultra = pytest.importorskip("yolo_dero.ultra")
 from ultralytics.nn.modules import C3, SPPF, Bottleneck, Concat, Conv, Detect  # noqa: E402
 
 from yolo_dero.ultra import DeroDetectionModel, ModelConfigError  # noqa: E402
-from yolo_dero.ultra.model import exact_shortcuts_for_export, gflops  # noqa: E402
+from yolo_dero.nn import exportable_shortcuts  # noqa: E402
+from yolo_dero.ultra.model import gflops  # noqa: E402
 
 CFG = REPO_ROOT / "cfg"
 YAMLS = ["yolov5n.yaml", "yolov5n-dero.yaml", "yolov5n-plain.yaml"]
@@ -143,22 +144,6 @@ def test_nc_override_and_resolve_relative_to_repo(monkeypatch, tmp_path):
     assert m.model[-1].nc == 6 and m.yaml["nc"] == 6
 
 
-def test_exportable_shortcut_is_the_same_math():
-    torch.manual_seed(0)
-    for ci, co, k, s, p in [(3, 16, 6, 2, 2), (16, 32, 3, 2, 1), (32, 16, 1, 1, 0), (24, 16, 1, 1, 0),
-                            (8, 12, 1, 2, 0), (40, 16, 3, 2, 1)]:
-        m = Shortcut(ci, co, k, s, p).eval()
-        m.bn.running_mean.uniform_(-1, 1)
-        for h in (15, 16):
-            x = torch.randn(2, ci, h, h)
-            with torch.no_grad():
-                ref = m(x)
-                with exact_shortcuts_for_export():
-                    alt = m(x)
-            assert torch.allclose(ref, alt, atol=1e-5), (ci, co, k, s, p, h)
-    assert Shortcut.forward.__name__ == "forward"  # restored
-
-
 def test_exported_shortcut_matches_in_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
@@ -168,7 +153,7 @@ def test_exported_shortcut_matches_in_onnxruntime():
     with torch.no_grad():
         ref = m(x).numpy()
     f = io.BytesIO()
-    with exact_shortcuts_for_export(), torch.no_grad():
+    with exportable_shortcuts(), torch.no_grad():
         torch.onnx.export(m, (x,), f, opset_version=18, dynamo=False)
     slim = onnxslim.slim(onnx.load_from_string(f.getvalue())).SerializeToString()  # Ultralytics' simplify=True
     for blob in (f.getvalue(), slim):

@@ -1,5 +1,5 @@
 """Building blocks made of the DERO unit. Imports torch only: classification users never need Ultralytics."""
 
-from .dero import DeroPool, DeroUnit, DropPath, Shortcut, fold_channels, make_activation
+from .dero import DeroPool, DeroUnit, DropPath, Shortcut, exportable_shortcuts, fold_channels, make_activation
 
-__all__ = ["DeroUnit", "DeroPool", "Shortcut", "DropPath", "fold_channels", "make_activation"]
+__all__ = ["DeroUnit", "DeroPool", "Shortcut", "DropPath", "exportable_shortcuts", "fold_channels", "make_activation"]

@@ -14,7 +14,8 @@ zoo and the YOLO modules both build on it. It imports torch only.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,15 @@ def fold_channels(x: torch.Tensor, c_out: int) -> torch.Tensor:
     return x.view(n, groups, c_out, h, w).sum(dim=1)
 
 
+def _append_zeros(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """Append ``n`` zero slices along ``dim`` with a concat (exports exactly, unlike ``F.pad``)."""
+    if n == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = n
+    return torch.cat([x, x.new_zeros(shape)], dim)
+
+
 class Shortcut(nn.Module):
     """Parameter-free ``S`` followed by an optional BatchNorm: the shortcut path of a DERO unit.
 
@@ -113,11 +123,40 @@ class Shortcut(nn.Module):
             self.k, self.p, self.ceil_mode = k, (k // 2 if p is None else p), False
         self.bn = nn.BatchNorm2d(c_out) if bn else nn.Identity()
 
+    exportable = False  # set by :func:`exportable_shortcuts` while a model is exported
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exportable:
+            return self.bn(self._exportable_s(x))
         if self.s > 1:
             x = F.avg_pool2d(x, self.k, self.s, self.p, ceil_mode=self.ceil_mode,
                              count_include_pad=True, divisor_override=1)
         return self.bn(fold_channels(x, self.c_out))
+
+    def _exportable_s(self, x: torch.Tensor) -> torch.Tensor:
+        """``S(x)`` in ops that exporters translate exactly (same math as :meth:`forward`).
+
+        * ONNX export drops ``divisor_override``, so the sum-pool is ``avg_pool2d * k^2`` (with
+          ``count_include_pad=True`` every window of a non-ceil-mode pool covers k^2 positions);
+        * ``F.pad`` on channels exports as a Pad that onnxslim folds in the wrong order, so zero channels
+          are appended with a concat.
+        The ceil-mode window of a strided 1x1 is emulated by zero rows/columns fixed at the traced size.
+        """
+        if self.s > 1:
+            k, p = self.k, self.p
+            if self.ceil_mode:
+                x = _append_zeros(x, 2, -int(x.shape[-2]) % self.s)
+                x = _append_zeros(x, 3, -int(x.shape[-1]) % self.s)
+                p = 0
+            x = F.avg_pool2d(x, k, self.s, p, count_include_pad=True) * float(k * k)
+        c_in, c_out = int(self.c_in), int(self.c_out)  # static ints: traced shape arithmetic truncates
+        if c_in < c_out:
+            return _append_zeros(x, 1, c_out - c_in)
+        if c_in > c_out:
+            groups = -(-c_in // c_out)
+            x = _append_zeros(x, 1, groups * c_out - c_in)
+            return x.unflatten(1, (groups, c_out)).sum(dim=1)
+        return x
 
     def extra_repr(self) -> str:
         return f"{self.c_in}->{self.c_out}, sum_pool=({self.k}, s={self.s}, p={self.p})" if self.s > 1 \
@@ -189,3 +228,17 @@ class DeroPool(nn.Module):
         if self.shortcut is not None:
             y = y + self.shortcut(x)
         return y
+
+
+@contextmanager
+def exportable_shortcuts() -> Iterator[None]:
+    """Within the block every :class:`Shortcut` computes ``S`` with exactly-exportable ops (ONNX and co.).
+
+    The results equal the default formulation up to float rounding (the sum-pool becomes average * k^2).
+    """
+    previous = Shortcut.exportable
+    Shortcut.exportable = True
+    try:
+        yield
+    finally:
+        Shortcut.exportable = previous

@@ -28,6 +28,7 @@ from ultralytics.nn.tasks import BaseModel, DetectionModel  # noqa: E402
 from ultralytics.utils import LOGGER, RANK  # noqa: E402
 from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
 
+from ..nn.dero import exportable_shortcuts  # noqa: E402
 from .parser import build_model, load_model_yaml, resolve_model_yaml  # noqa: E402
 
 _env.patch_ultralytics()
@@ -176,65 +177,6 @@ def check_checkpoint(path: str | Path) -> Path:
     return p.resolve()
 
 
-def _zeros_cat(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
-    """Append ``n`` zero slices along ``dim`` (a concat: exports exactly, unlike F.pad, see below)."""
-    shape = list(x.shape)
-    shape[dim] = n
-    return torch.cat([x, x.new_zeros(shape)], dim)
-
-
-def _exact_sum_pool_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """``Shortcut.forward`` written with ops that exporters map exactly (same math, parameter-free).
-
-    Two export problems of the reference implementation in ``yolo_dero/nn/dero.py``:
-
-    * ``F.avg_pool2d(..., divisor_override=1)`` (the sum-pool) is exported to ONNX as a plain AveragePool:
-      torch's ONNX exporter drops ``divisor_override``, so the exported shortcut is divided by k^2;
-    * ``F.pad`` exports as a Pad whose pads are computed by a reversing Slice, which onnxslim (Ultralytics'
-      ``simplify=True``) constant-folds into the wrong order: the zero channels land in front.
-
-    Here the sum-pool is ``avg_pool2d(count_include_pad=True) * k^2`` (every window of a non-ceil-mode pool
-    with padding p covers k^2 padded positions, so this is exactly the sum), and zero-padding is a concat.
-    """
-    import torch.nn.functional as F
-
-    if self.s > 1:
-        k, s = self.k, self.s
-        if self.ceil_mode:  # strided 1x1: window s x s, no padding, partial windows at the far edges
-            h, w = int(x.shape[-2]), int(x.shape[-1])  # constants in a trace (YOLO YAMLs have no such unit)
-            if (-h) % s:
-                x = _zeros_cat(x, 2, (-h) % s)
-            if (-w) % s:
-                x = _zeros_cat(x, 3, (-w) % s)
-            x = F.avg_pool2d(x, k, s, 0) * float(k * k)
-        else:
-            x = F.avg_pool2d(x, k, s, self.p, count_include_pad=True) * float(k * k)
-    c_in, c_out = int(self.c_in), int(self.c_out)  # static ints: traced shape arithmetic truncates divisions
-    if c_in < c_out:
-        x = _zeros_cat(x, 1, c_out - c_in)
-    elif c_in > c_out:
-        groups = -(-c_in // c_out)
-        if groups * c_out != c_in:
-            x = _zeros_cat(x, 1, groups * c_out - c_in)
-        x = x.unflatten(1, (groups, c_out)).sum(dim=1)
-    return self.bn(x)
-
-
-class exact_shortcuts_for_export:
-    """Context manager: DERO shortcuts use :func:`_exact_sum_pool_forward` (same math, exportable)."""
-
-    def __enter__(self):
-        from ..nn.dero import Shortcut
-
-        self._cls, self._orig = Shortcut, Shortcut.forward
-        Shortcut.forward = _exact_sum_pool_forward
-        return self
-
-    def __exit__(self, *exc):
-        self._cls.forward = self._orig
-        return False
-
-
 class DeroYOLO(YOLO):
     """YOLO whose detection task uses :class:`DeroDetectionModel` and :class:`DeroDetectionTrainer`.
 
@@ -282,7 +224,7 @@ class DeroYOLO(YOLO):
 
     def export(self, **kwargs: Any) -> str:
         """Ultralytics' export with the DERO shortcut's sum-pool written in exactly-exportable ops."""
-        with exact_shortcuts_for_export():
+        with exportable_shortcuts():
             return super().export(**kwargs)
 
     @property
