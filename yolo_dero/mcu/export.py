@@ -1,0 +1,562 @@
+"""Full-integer TFLite export (int8 weights and activations, int8 input and output, NHWC input).
+
+Path (litert-torch 0.10, see /work/shared/NOTES.md): the model is lowered for deployment
+(:func:`lower_for_export`), wrapped to take NHWC input, exported with ``torch.export.export(strict=True)``
+(non-strict export leaves adds and means in float), quantized post-training with torchao's PT2E
+``prepare_pt2e`` / ``convert_pt2e`` and litert-torch's int8 quantizer extended to every activation
+(:class:`FullInt8Quantizer`), calibrated on a few images, and converted with
+``litert_torch.convert(..., quant_config=QuantConfig(pt2e_quantizer=...))``. The written flatbuffer is
+then checked (:func:`check_full_int8`): no float tensor and no QUANTIZE/DEQUANTIZE from or to float may
+be left anywhere in the graph, or :class:`FloatTensorError` is raised.
+
+Deployment lowering (exact, the function of the network is unchanged; see docs/deployment.md):
+
+* every DERO shortcut ``bn_sc(S(x))`` (sum-pool, channel zero-pad or fold, BatchNorm) becomes one
+  convolution with fixed weights (a depthwise one where channels match): sum-pooling with
+  ``divisor_override`` has no int8 TFLite kernel (it lowers to a float ``STABLEHLO_REDUCE_WINDOW``);
+* a DERO unit's pre-normalisation ``bn_in`` is folded into its convolution where that is exact
+  (padding 0: all 1x1 units); in front of a padded conv it stays a per-channel MUL/ADD;
+* conv + BatchNorm pairs are folded by ``prepare_pt2e`` itself.
+
+Detection models export backbone + neck + head **without the box decode and without NMS**: the outputs are
+the raw per-level head maps ``cat(box_head(x_i), cls_head(x_i))``, NHWC (:class:`RawDetectHead`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.dero import DeroUnit, Shortcut
+
+ImgSize = Union[int, Sequence[int]]
+
+
+class MissingDependencyError(ImportError):
+    """litert-torch / tflite-micro / ai-edge-litert are not installed (requirements-mcu.txt)."""
+
+
+class FloatTensorError(RuntimeError):
+    """The converted graph still holds float tensors or QUANTIZE/DEQUANTIZE between float and int8."""
+
+
+def require(*modules: str) -> None:
+    """Import-check the deployment packages; raise :class:`MissingDependencyError` with the install hint."""
+    missing = []
+    for m in modules:
+        try:
+            __import__(m)
+        except ImportError:
+            missing.append(m)
+    if missing:
+        raise MissingDependencyError(
+            f"missing deployment package(s) {', '.join(missing)}: pip install -r requirements-mcu.txt")
+
+
+def _imgsz(imgsz: ImgSize) -> Tuple[int, int]:
+    if isinstance(imgsz, int):
+        return imgsz, imgsz
+    s = list(imgsz)
+    return (int(s[0]), int(s[0])) if len(s) == 1 else (int(s[0]), int(s[1]))
+
+
+# ------------------------------------------------------------------------------------------------
+# deployment lowering
+
+
+class ConvShortcut(nn.Module):
+    """``bn_sc(S(x))`` of a :class:`~yolo_dero.nn.dero.Shortcut` as one convolution with fixed weights.
+
+    The weight of output channel ``o`` is the BatchNorm scale ``a_o`` on every input channel that ``S``
+    maps to ``o`` (``o`` itself for growth/identity, ``o, o + c_out, ...`` for a fold) over the whole
+    ``k x k`` window when ``S`` sum-pools, the bias is the BatchNorm shift: exactly ``bn(S(x))``, zero padding
+    included. A 1x1 strided shortcut (``ceil_mode``) pads right/bottom first where the size is odd.
+    """
+
+    def __init__(self, sc: Shortcut):
+        super().__init__()
+        c_in, c_out = sc.c_in, sc.c_out
+        k, s, p = (sc.k, sc.s, sc.p) if sc.s > 1 else (1, 1, 0)
+        self.ceil_mode = bool(sc.s > 1 and sc.ceil_mode)
+        self.k, self.s = k, s
+        if isinstance(sc.bn, nn.BatchNorm2d):
+            bn = sc.bn
+            a = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            b = bn.bias.detach() - bn.running_mean * a
+        else:
+            a, b = torch.ones(c_out), torch.zeros(c_out)
+        depthwise = c_in == c_out
+        groups = c_out if depthwise else 1
+        conv = nn.Conv2d(c_in, c_out, k, s, p, groups=groups, bias=True)
+        w = torch.zeros_like(conv.weight)
+        if depthwise:
+            w[:] = a.view(-1, 1, 1, 1)
+        else:
+            for i in range(c_in):
+                o = i % c_out  # growth: i < c_out; fold: channel i lands in group i // c_out, slot i % c_out
+                w[o, i] = a[o]
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            conv.bias.copy_(b)
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ceil_mode:
+            h, w = x.shape[-2:]
+            ph, pw = (-h) % self.s, (-w) % self.s
+            if ph or pw:
+                x = F.pad(x, (0, pw, 0, ph))
+        return self.conv(x)
+
+
+def _fold_bn_in(unit: DeroUnit) -> bool:
+    """Fold ``unit.bn_in`` into ``unit.conv`` when the conv has no padding (exact); returns True if folded."""
+    conv, bn = unit.conv, unit.bn_in
+    if not isinstance(bn, nn.BatchNorm2d) or any(conv.padding) or conv.padding_mode != "zeros":
+        return False
+    a = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)     # per input channel
+    b = bn.bias.detach() - bn.running_mean * a
+    w = conv.weight.detach()                                         # (c_out, c_in/g, kh, kw)
+    c_out, cg = w.shape[:2]
+    g = conv.groups
+    idx = (torch.arange(c_out) // (c_out // g)).view(-1, 1) * cg + torch.arange(cg).view(1, -1)  # input channel
+    a_in, b_in = a[idx], b[idx]                                      # (c_out, cg)
+    new_w = w * a_in[:, :, None, None]
+    new_b = (conv.bias.detach() if conv.bias is not None else torch.zeros(c_out)) + \
+        (w * b_in[:, :, None, None]).sum(dim=(1, 2, 3))
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, bias=True)
+    with torch.no_grad():
+        new.weight.copy_(new_w)
+        new.bias.copy_(new_b)
+    unit.conv = new
+    unit.bn_in = nn.Identity()
+    return True
+
+
+def bn_as_depthwise(bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """An eval BatchNorm as the equivalent 1x1 depthwise convolution (weight = scale, bias = shift).
+
+    A standalone BatchNorm is lowered by litert-torch to float SUB/MUL/ADD even between quantize nodes;
+    a depthwise conv is an int8 ``DEPTHWISE_CONV_2D``.
+    """
+    c = bn.num_features
+    a = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    conv = nn.Conv2d(c, c, 1, groups=c, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(a.view(c, 1, 1, 1))
+        conv.bias.copy_(bn.bias.detach() - bn.running_mean * a)
+    return conv
+
+
+class SiLUAsMul(nn.Module):
+    """``x * sigmoid(x)`` written out: litert-torch lowers ``nn.SiLU`` to a float composite even between
+    quantize nodes, while sigmoid (int8 LOGISTIC, fixed output scale 1/256) and mul (int8 MUL) quantize."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+def lower_for_export(model: nn.Module, fold_bn_in: bool = True) -> Tuple[nn.Module, Dict[str, int]]:
+    """A deep copy of ``model`` (eval) with DERO shortcuts as single convs and ``bn_in`` folded or lowered.
+
+    ``bn_in`` of a unit whose conv has no padding is folded into the conv (exact); in front of a padded conv
+    it becomes a 1x1 depthwise conv (:func:`bn_as_depthwise`), one more operator and one more buffer.
+    ``nn.SiLU`` becomes :class:`SiLUAsMul` (LOGISTIC + MUL in int8; one more buffer per activation).
+    Returns ``(lowered model, counts)`` with counts ``{"shortcuts", "bn_in_folded", "bn_in_depthwise"[, "silu"]}``.
+    """
+    model = copy.deepcopy(model).eval()
+    counts = {"shortcuts": 0, "bn_in_folded": 0, "bn_in_depthwise": 0}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Shortcut):
+                setattr(parent, name, ConvShortcut(child))
+                counts["shortcuts"] += 1
+    if fold_bn_in:
+        for m in model.modules():
+            if isinstance(m, DeroUnit) and _fold_bn_in(m):
+                counts["bn_in_folded"] += 1
+    for m in model.modules():
+        if isinstance(m, DeroUnit) and isinstance(m.bn_in, nn.BatchNorm2d):
+            m.bn_in = bn_as_depthwise(m.bn_in)
+            counts["bn_in_depthwise"] += 1
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.SiLU):
+                setattr(parent, name, SiLUAsMul())
+                counts["silu"] = counts.get("silu", 0) + 1
+    return model, counts
+
+
+class RawDetectHead(nn.Module):
+    """An Ultralytics detection model up to its raw head outputs: ``[cat(box_i, cls_i) per level]``.
+
+    Runs the layers like ``BaseModel._predict_once`` and, at the Detect layer, applies its box and class
+    convolutions without the DFL / anchor decode, sigmoid and NMS (those belong to post-processing).
+    """
+
+    def __init__(self, det_model: nn.Module):
+        super().__init__()
+        self.model = det_model.model
+        self.save = set(getattr(det_model, "save", []))
+        self.head = self.model[-1]
+        heads = getattr(self.head, "one2many", None)
+        if isinstance(heads, dict) and heads.get("box_head") is not None:
+            self.box, self.cls = heads["box_head"], heads["cls_head"]
+        else:
+            self.box, self.cls = self.head.cv2, self.head.cv3
+
+    def forward(self, x):
+        y: List[Any] = []
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            if m is self.head:
+                return [torch.cat([self.box[i](x[i]), self.cls[i](x[i])], 1) for i in range(len(x))]
+            x = m(x)
+            y.append(x if m.i in self.save else None)
+        raise RuntimeError("no Detect head found")
+
+
+def is_detection_model(model: nn.Module) -> bool:
+    seq = getattr(model, "model", None)
+    return isinstance(seq, nn.Sequential) and len(seq) > 0 and hasattr(seq[-1], "stride") and hasattr(seq[-1], "nl")
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """The module that is exported (and analysed for the cross-check): detection models -> raw head."""
+    return RawDetectHead(model).eval() if is_detection_model(model) else model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# quantizer
+
+#: operators that only move or select data: their output shares the input's quantization parameters
+SHARED_QPARAM_OPS = frozenset({
+    "permute", "permute_copy", "view", "view_copy", "reshape", "_unsafe_view", "flatten", "squeeze",
+    "squeeze_copy", "unsqueeze", "unsqueeze_copy", "constant_pad_nd", "pad", "max_pool2d",
+    "max_pool2d_with_indices", "upsample_nearest2d", "slice", "slice_copy", "clone", "contiguous",
+    "expand", "expand_copy", "hardtanh", "relu", "select", "transpose", "t",
+})
+
+
+def _op_name(target) -> str:
+    name = getattr(target, "__name__", str(target))
+    return name.split(".")[0]
+
+
+def full_int8_quantizer():
+    """litert-torch's static int8 quantizer (per-channel weights) with every float activation annotated.
+
+    litert-torch 0.10 annotates conv/linear/add/mul/cat/pools only; an unannotated operator (a standalone
+    BatchNorm, SiLU, upsampling, padding, the network input) would stay in float between a DEQUANTIZE and a
+    QUANTIZE. This subclass gives every remaining operator on the activation path int8 inputs and an int8
+    output (shared with the input for pure data movement).
+    """
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from torch.fx import Node
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    class FullInt8Quantizer(PT2EQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            act = self.global_config.output_activation
+            acts = set()
+            for n in model.graph.nodes:
+                if n.op == "placeholder":
+                    acts.add(n)
+                elif n.op == "call_function" and any(a in acts for a in n.all_input_nodes):
+                    acts.add(n)
+            for n in model.graph.nodes:
+                if n.op != "call_function" or n not in acts:
+                    continue
+                val = n.meta.get("val")
+                if not isinstance(val, torch.Tensor) or not val.is_floating_point():
+                    continue
+                ann = n.meta.get("quantization_annotation")
+                if ann is not None and ann._annotated:
+                    continue
+                ins = [a for a in n.all_input_nodes if isinstance(a, Node) and a in acts
+                       and isinstance(a.meta.get("val"), torch.Tensor) and a.meta["val"].is_floating_point()]
+                if _op_name(n.target) in SHARED_QPARAM_OPS and len(ins) == 1:
+                    n.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={ins[0]: act}, output_qspec=SharedQuantizationSpec((ins[0], n)),
+                        _annotated=True)
+                else:
+                    n.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={a: act for a in ins}, output_qspec=act, _annotated=True)
+            return model
+
+    return FullInt8Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration data
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _image_files(calib: str) -> List[Path]:
+    p = Path(calib).expanduser()
+    if p.suffix.lower() in (".yaml", ".yml") and p.is_file():
+        import yaml
+
+        d = yaml.safe_load(p.read_text())
+        try:  # the project's resolver: built-in datasets (data/shapes.yaml is generated on first use), roots
+            from ..datasets.resolve import resolve_data
+
+            res = resolve_data(p, splits=("val",))
+            d, p = dict(res.data), Path(res.yaml_path)
+        except Exception:  # noqa: BLE001  (plain Ultralytics-style YAML: read it as is below)
+            pass
+        root = Path(d.get("path", p.parent))
+        if not root.is_absolute():
+            root = p.parent / root
+        for key in ("val", "train", "test"):
+            v = d.get(key)
+            for sub in ([v] if isinstance(v, str) else (v or [])):
+                files = _image_files(str(root / sub))
+                if files:
+                    return files
+        return []
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if p.is_file() and p.suffix == ".txt":
+        return [Path(line.strip()) for line in p.read_text().splitlines() if line.strip()]
+    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        return [p]
+    return []
+
+
+def calibration_images(calib: Optional[str], imgsz: ImgSize, num: int = 8, channels: int = 3,
+                       seed: int = 0) -> List[torch.Tensor]:
+    """``num`` NHWC float images in [0, 1] (what the float model expects).
+
+    ``calib``: None / "synthetic" / "random" -> deterministic uniform noise (no dataset needed); a folder of
+    images, a ``.txt`` list, or a data YAML (``path`` + ``val``/``train``; the project's ``data/*.yaml``
+    through :func:`yolo_dero.datasets.resolve.resolve_data`, so ``data/shapes.yaml`` works) -> the first
+    ``num`` images, resized (no letterbox) to ``imgsz``, RGB.
+    """
+    h, w = _imgsz(imgsz)
+    if calib in (None, "", "synthetic", "random"):
+        g = torch.Generator().manual_seed(seed)
+        return [torch.rand(1, h, w, channels, generator=g) for _ in range(num)]
+    files = _image_files(calib)
+    if not files:
+        raise FileNotFoundError(f"no calibration images found in '{calib}' (a folder, a .txt list or a data "
+                                f"YAML; or use --calib synthetic)")
+    import cv2
+
+    out = []
+    for f in files[:num]:
+        im = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if im is None:
+            continue
+        im = cv2.cvtColor(cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        t = torch.from_numpy(im).float().div(255.0)[None]
+        out.append(t[..., :channels] if channels <= 3 else t)
+    if not out:
+        raise FileNotFoundError(f"no readable images in '{calib}'")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# flatbuffer inspection
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def read_model(path_or_bytes: Union[str, Path, bytes]):
+    """The flatbuffer as the schema's object API (``ModelT``)."""
+    schema = _schema()
+    buf = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
+    return schema.ModelT.InitFromPackedBuf(bytes(buf), 0)
+
+
+def _names(enum_cls) -> Dict[int, str]:
+    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+@dataclass
+class GraphInfo:
+    """Operators and tensors of subgraph 0 of a TFLite model."""
+
+    ops: List[Dict[str, Any]]
+    tensors: List[Dict[str, Any]]
+    inputs: List[int]
+    outputs: List[int]
+
+    def op_counts(self) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for op in self.ops:
+            out[op["op"]] = out.get(op["op"], 0) + 1
+        return out
+
+
+def inspect_tflite(path_or_bytes) -> GraphInfo:
+    schema = _schema()
+    model = read_model(path_or_bytes)
+    op_names, t_names = _names(schema.BuiltinOperator), _names(schema.TensorType)
+    sg = model.subgraphs[0]
+    tensors = []
+    for t in sg.tensors:
+        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        const = t.buffer > 0 and model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data) > 0
+        tensors.append({"name": name, "type": t_names.get(t.type, str(t.type)),
+                        "shape": [int(s) for s in (t.shape if t.shape is not None else [])], "constant": bool(const)})
+    ops = []
+    for op in sg.operators:
+        oc = model.operatorCodes[op.opcodeIndex]
+        code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
+        name = op_names.get(code, str(code))
+        if name == "CUSTOM":
+            name = f"CUSTOM:{oc.customCode.decode() if isinstance(oc.customCode, bytes) else oc.customCode}"
+        ops.append({"op": name, "inputs": [int(i) for i in op.inputs if i >= 0] if op.inputs is not None else [],
+                    "outputs": [int(i) for i in op.outputs] if op.outputs is not None else []})
+    return GraphInfo(ops, tensors, [int(i) for i in sg.inputs], [int(i) for i in sg.outputs])
+
+
+FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
+
+
+def float_problems(info: GraphInfo) -> List[str]:
+    """Everything that is not full-integer: float tensors, (DE)QUANTIZE from/to float, float I/O."""
+    problems = []
+    for i, t in enumerate(info.tensors):
+        if t["type"] in FLOAT_TYPES:
+            problems.append(f"tensor {i} '{t['name']}' is {t['type']} {t['shape']}")
+    for k, op in enumerate(info.ops):
+        if op["op"] in ("DEQUANTIZE", "QUANTIZE"):
+            types = [info.tensors[i]["type"] for i in op["inputs"] + op["outputs"]]
+            if op["op"] == "DEQUANTIZE" or any(t in FLOAT_TYPES for t in types):
+                problems.append(f"operator {k} {op['op']} {' -> '.join(types)}")
+    for kind, idx in (("input", info.inputs), ("output", info.outputs)):
+        for i in idx:
+            if info.tensors[i]["type"] != "INT8":
+                problems.append(f"graph {kind} {i} is {info.tensors[i]['type']}, not INT8")
+    return problems
+
+
+def check_full_int8(path_or_bytes) -> GraphInfo:
+    """Raise :class:`FloatTensorError` unless the model is int8 end to end; returns its :class:`GraphInfo`."""
+    info = inspect_tflite(path_or_bytes)
+    problems = float_problems(info)
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise FloatTensorError(f"the converted model is not full-integer ({len(problems)} problem(s)):\n  {shown}")
+    return info
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+
+
+@dataclass
+class ExportResult:
+    path: str
+    imgsz: Tuple[int, int]
+    input_shape: List[int]
+    output_shapes: List[List[int]]
+    op_counts: Dict[str, int]
+    bytes: int
+    seconds: float
+    quantized: bool
+    lowering: Dict[str, int] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool = True):
+    """Silence litert-torch's progress lines and Python warnings (C-level logs still go to fd 2)."""
+    if not enabled:
+        yield
+        return
+    import warnings
+
+    levels = {n: logging.getLogger(n).level for n in ("", "absl")}
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                yield
+            finally:
+                for n, lv in levels.items():
+                    logging.getLogger(n).setLevel(lv)
+
+
+def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path], calib: Optional[str] = None,
+                  num_calib: int = 8, in_channels: Optional[int] = None, quantize: bool = True,
+                  check: bool = True, lower: bool = True, quiet: bool = True) -> ExportResult:
+    """Export ``model`` to a full-integer TFLite flatbuffer at ``out`` (NHWC int8 input, int8 outputs).
+
+    ``quantize=False`` writes the float model (used by the tests of the check); with ``check=True`` the
+    float/QUANTIZE check then raises :class:`FloatTensorError`, as it does for any leftover float tensor.
+    """
+    require("litert_torch", "torchao")
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from ..memory import input_channels
+
+    t0 = time.time()
+    h, w = _imgsz(imgsz)
+    c = in_channels or input_channels(model)
+    net = deployable(model)
+    counts: Dict[str, int] = {}
+    if lower:
+        net, counts = lower_for_export(net)
+    with torch.no_grad():
+        probe = net(torch.zeros(1, c, h, w))
+    n_out = len(probe) if isinstance(probe, (list, tuple)) else 1
+    out_idx = [i for i in range(n_out)
+               if (probe[i] if isinstance(probe, (list, tuple)) else probe).dim() >= 3]
+    wrapped = litert_torch.to_channel_last_io(net, args=[0], outputs=out_idx).eval()
+    sample = (torch.zeros(1, h, w, c),)
+    images = calibration_images(calib, (h, w), num_calib, c)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet(quiet), torch.no_grad():
+        if quantize:
+            quantizer = full_int8_quantizer()
+            graph = torch.export.export(wrapped, sample, strict=True).module()
+            prepared = prepare_pt2e(graph, quantizer)
+            for im in images:
+                prepared(im)
+            converted = convert_pt2e(prepared, fold_quantize=False)
+            edge = litert_torch.convert(converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        else:
+            edge = litert_torch.convert(wrapped, sample)
+        edge.export(str(out))
+    info = check_full_int8(out) if check else inspect_tflite(out)
+    return ExportResult(
+        path=str(out), imgsz=(h, w), input_shape=info.tensors[info.inputs[0]]["shape"],
+        output_shapes=[info.tensors[i]["shape"] for i in info.outputs], op_counts=info.op_counts(),
+        bytes=out.stat().st_size, seconds=round(time.time() - t0, 1), quantized=quantize, lowering=counts,
+        notes=["detection: raw head outputs, no box decode / NMS"] if is_detection_model(model) else [])
+
+
+def export_model(spec: str, imgsz: ImgSize, out: Union[str, Path], **kw) -> ExportResult:
+    """Load ``spec`` (registry name, model YAML or .pt; see :mod:`yolo_dero.memory.loading`) and export it."""
+    from ..memory.loading import load_model
+
+    model, _ = load_model(spec)
+    return export_tflite(model, imgsz, out, **kw)
