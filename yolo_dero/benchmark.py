@@ -1,0 +1,128 @@
+"""Helpers shared by the comparison benchmarks (:mod:`yolo_dero.compare`, :mod:`yolo_dero.compare_cls`).
+
+Ratios, number formatting, markdown tables, writing the ``.json``/``.md`` pair, the environment block,
+and the peak-memory figures of one model under both engines. Torch-only (no Ultralytics import).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+VARIANTS = ("original", "plain", "dero")
+MISSING = "n/a"
+
+
+def ratio(a: Optional[float], b: Optional[float], digits: int = 3) -> Optional[float]:
+    """``a / b`` rounded, or None when either is unknown or ``b`` is zero."""
+    if a is None or b is None or b == 0:
+        return None
+    return round(float(a) / float(b), digits)
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell: floats with ``digits`` decimals, ints with thousands separators, None as ``n/a``."""
+    if v is None:
+        return MISSING
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def throughput(epochs: Sequence[Mapping[str, float]]) -> Dict[str, Optional[float]]:
+    """Training images/s from per-epoch ``{"seconds", "images"}``: the median over epochs (robust to a burst of
+    load from other jobs on a shared machine; the headline figure) and the total (all images / all seconds)."""
+    import statistics
+
+    rates = [e["images"] / e["seconds"] for e in epochs if e["seconds"] > 0]
+    secs = sum(e["seconds"] for e in epochs)
+    return {"train_img_s": round(statistics.median(rates), 2) if rates else None,
+            "train_img_s_total": round(sum(e["images"] for e in epochs) / secs, 2) if secs > 0 else None}
+
+
+def kib(b: Optional[int]) -> Optional[float]:
+    return None if b is None else round(b / 1024, 1)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
+    """A GitHub markdown table; cells formatted with :func:`fmt` unless already strings."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(c if isinstance(c, str) else fmt(c, digits) for c in r) + " |")
+    return "\n".join(lines)
+
+
+def ratio_rows(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[tuple],
+               pairs: Sequence[tuple] = (("dero", "plain"), ("dero", "original"))) -> List[List[Any]]:
+    """Rows ``[metric, goal, dero/plain, dero/original]`` for the metrics ``keys`` = ``(key, title, goal)``."""
+    out = []
+    for key, title, goal in keys:
+        line: List[Any] = [title, goal]
+        for a, b in pairs:
+            ra, rb = rows.get(a, {}), rows.get(b, {})
+            line.append(ratio(ra.get(key), rb.get(key)))
+        out.append(line)
+    return out
+
+
+def ratios(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str],
+           pairs: Sequence[tuple] = (("dero", "plain"), ("dero", "original"))) -> Dict[str, Dict[str, Optional[float]]]:
+    """``{"dero/plain": {key: ratio}, "dero/original": {...}}`` for the JSON file."""
+    return {f"{a}/{b}": {k: ratio(rows.get(a, {}).get(k), rows.get(b, {}).get(k)) for k in keys}
+            for a, b in pairs}
+
+
+def environment() -> Dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cpu": cpu, "cpus": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "loadavg_1min_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+
+
+def memory_figures(model, imgsz: int) -> Dict[str, Optional[int]]:
+    """Peak activation memory (int8, batch 1) under both engines: whole network and body after the stem."""
+    from .memory import analyze_engines
+
+    res = analyze_engines(model, imgsz)
+    f, t = res["fused"], res["tflm"]
+    return {"fused_peak_bytes": f.peak_bytes, "fused_body_peak_bytes": f.body_peak_bytes,
+            "tflm_peak_bytes": t.peak_bytes, "tflm_body_peak_bytes": t.body_peak_bytes,
+            "tflm_arena_bytes": t.arena_bytes}
+
+
+def write_results(out_dir: Path, stem: str, data: Dict[str, Any], markdown: str) -> tuple:
+    """Write ``out_dir/stem.json`` and ``out_dir/stem.md``; return both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    js.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    md.write_text(markdown.rstrip() + "\n")
+    return js, md
+
+
+def small_png(src: Path, dst: Path, max_width: int = 960, colours: int = 128) -> Path:
+    """A small copy of a picture for docs: at most ``max_width`` px wide, palette PNG of ``colours`` colours."""
+    from PIL import Image
+
+    im = Image.open(src).convert("RGB")
+    if im.width > max_width:
+        im = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    im.quantize(colours, dither=Image.Dither.NONE).save(dst, optimize=True)
+    return dst
