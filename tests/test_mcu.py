@@ -18,8 +18,6 @@ activation arena (head), where nothing runs in place:
 
 from __future__ import annotations
 
-import importlib
-import os
 
 import pytest
 import torch
@@ -27,33 +25,15 @@ from torch import nn
 
 T = 16 * 32 * 32
 
-_MISSING = [m for m in ("litert_torch", "tflite_micro", "ai_edge_litert", "torchao")
-            if importlib.util.find_spec(m) is None]
-if _MISSING:
-    _msg = (f"deployment packages not installed ({', '.join(_MISSING)}): "
-            f"pip install -r requirements-mcu.txt")
-    if os.environ.get("DERO_REQUIRE_MCU") == "1" or os.environ.get("CI"):  # CI must test deployment
-        raise RuntimeError(f"DERO_REQUIRE_MCU=1 or CI set, but {_msg}")
-    pytest.skip(_msg, allow_module_level=True)
+from mcu_support import require_mcu_packages  # noqa: E402  (tests/mcu_support.py)
+
+require_mcu_packages()
 
 from yolo_dero.memory import analyze  # noqa: E402
 from yolo_dero.mcu import (FloatTensorError, check_full_int8, export_tflite, float_problems,  # noqa: E402
                            inspect_tflite, lower_for_export, measure_arena)
-from yolo_dero.mcu.crosscheck import ClassicResidual, OneConvResidual  # noqa: E402
+from yolo_dero.mcu.crosscheck import ClassicResidual, OneConvResidual, randomize_batchnorm  # noqa: E402
 from yolo_dero.nn import DeroUnit  # noqa: E402
-
-
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-    return model.eval()
 
 
 TOYS = {
@@ -73,7 +53,7 @@ def exported(tmp_path_factory):
     out = {}
     for name, (make, _) in TOYS.items():
         torch.manual_seed(0)
-        model = _randomize_bn(make())
+        model = randomize_batchnorm(make())
         r = export_tflite(model, 32, d / f"{name}.tflite", in_channels=16, num_calib=2)
         out[name] = (model, r, measure_arena(r.path))
     return out
@@ -115,7 +95,7 @@ def test_analyzer_tflm_engine_agrees_on_toys(exported):
 
 def test_lowering_is_exact():
     torch.manual_seed(0)
-    model = _randomize_bn(nn.Sequential(DeroUnit(16, 32, k=3, s=2), DeroUnit(32, 16, k=1), DeroUnit(16, 24, k=1, s=2),
+    model = randomize_batchnorm(nn.Sequential(DeroUnit(16, 32, k=3, s=2), DeroUnit(32, 16, k=1), DeroUnit(16, 24, k=1, s=2),
                                         DeroUnit(24, 24, k=5, groups=24, act="relu6"), DeroUnit(24, 8, k=3, act=None)))
     low, counts = lower_for_export(model)
     assert counts == {"shortcuts": 5, "bn_in_folded": 2, "bn_in_depthwise": 3}

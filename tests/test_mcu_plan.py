@@ -14,9 +14,7 @@ Toys on 16x32x32 int8 tensors, T = 16,384 bytes:
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 
 import pytest
 import torch
@@ -24,14 +22,9 @@ from torch import nn
 
 T = 16 * 32 * 32
 
-_MISSING = [m for m in ("litert_torch", "tflite_micro", "ai_edge_litert", "torchao")
-            if importlib.util.find_spec(m) is None]
-if _MISSING:
-    _msg = (f"deployment packages not installed ({', '.join(_MISSING)}): "
-            f"pip install -r requirements-mcu.txt")
-    if os.environ.get("DERO_REQUIRE_MCU") == "1" or os.environ.get("CI"):  # CI must test deployment
-        raise RuntimeError(f"DERO_REQUIRE_MCU=1 or CI set, but {_msg}")
-    pytest.skip(_msg, allow_module_level=True)
+from mcu_support import require_mcu_packages  # noqa: E402  (tests/mcu_support.py)
+
+require_mcu_packages()
 
 from yolo_dero.mcu import export_tflite, measure_arena  # noqa: E402
 from yolo_dero.mcu.crosscheck import ClassicResidual, OneConvResidual  # noqa: E402

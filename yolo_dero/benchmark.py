@@ -16,6 +16,17 @@ VARIANTS = ("original", "plain", "dero")
 MISSING = "n/a"
 
 
+# (result key, label, goal) rows that both comparison benchmarks report after their accuracy rows
+SPEED_MEMORY_RATIO_KEYS = [
+    ("train_img_s", "training images/s", "DERO/original >= 0.90"),
+    ("latency_ms", "CPU latency, batch 1", "DERO/plain <= 1.10"),
+    ("fused_peak_bytes", "peak memory, fused engine", "DERO/plain = 1.00"),
+    ("fused_body_peak_bytes", "body peak, fused engine", "DERO/plain = 1.00"),
+    ("tflm_peak_bytes", "peak memory, tflm engine", ""),
+    ("tflm_body_peak_bytes", "body peak, tflm engine", ""),
+]
+
+
 def ratio(a: Optional[float], b: Optional[float], digits: int = 3) -> Optional[float]:
     """``a / b`` rounded, or None when either is unknown or ``b`` is zero."""
     if a is None or b is None or b == 0:

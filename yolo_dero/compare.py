@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .ultra import DeroYOLO  # sets up offline Ultralytics first
 from .ultra.cli import QUICK, val_main
 from .ultra.model import gflops
-from .benchmark import VARIANTS, environment, fmt, small_png, throughput, kib, markdown_table, memory_figures, ratio_rows, ratios, write_results
+from .benchmark import SPEED_MEMORY_RATIO_KEYS, VARIANTS, environment, fmt, small_png, throughput, kib, markdown_table, memory_figures, ratio_rows, ratios, write_results
 from .paths import REPO_ROOT
 
 YAMLS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml"}
@@ -41,13 +41,7 @@ RATIO_KEYS = [
     ("coco_map50_95", "mAP50-95 (pycocotools)", "higher is better"),
     ("params", "parameters", ""),
     ("gflops", "GFLOPs", ""),
-    ("train_img_s", "training images/s", "DERO/original >= 0.90"),
-    ("latency_ms", "CPU latency, batch 1", "DERO/plain <= 1.10"),
-    ("fused_peak_bytes", "peak memory, fused engine", "DERO/plain = 1.00"),
-    ("fused_body_peak_bytes", "body peak, fused engine", "DERO/plain = 1.00"),
-    ("tflm_peak_bytes", "peak memory, tflm engine", ""),
-    ("tflm_body_peak_bytes", "body peak, tflm engine", ""),
-]
+] + SPEED_MEMORY_RATIO_KEYS
 
 
 class EpochTimer:

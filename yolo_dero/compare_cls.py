@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .benchmark import VARIANTS, environment, fmt, throughput, kib, markdown_table, memory_figures, ratio_rows, ratios, write_results
+from .benchmark import SPEED_MEMORY_RATIO_KEYS, VARIANTS, environment, fmt, throughput, kib, markdown_table, memory_figures, ratio_rows, ratios, write_results
 from .paths import REPO_ROOT
 
 ARCHS = {"resnet34": ("resnet34", 224), "resnet50": ("resnet50", 224), "mcunet_v4": ("mcunet_v4", 176),
@@ -35,13 +35,7 @@ ARCHS = {"resnet34": ("resnet34", 224), "resnet50": ("resnet50", 224), "mcunet_v
 RATIO_KEYS = [
     ("acc1", "top-1", "higher is better"),
     ("params", "parameters", ""),
-    ("train_img_s", "training images/s", "DERO/original >= 0.90"),
-    ("latency_ms", "CPU latency, batch 1", "DERO/plain <= 1.10"),
-    ("fused_peak_bytes", "peak memory, fused engine", "DERO/plain = 1.00"),
-    ("fused_body_peak_bytes", "body peak, fused engine", "DERO/plain = 1.00"),
-    ("tflm_peak_bytes", "peak memory, tflm engine", ""),
-    ("tflm_body_peak_bytes", "body peak, tflm engine", ""),
-]
+] + SPEED_MEMORY_RATIO_KEYS
 
 
 def variant_names(arch: str) -> Dict[str, str]:

@@ -73,6 +73,23 @@ DEFAULT_CASES: List[Tuple[str, str, int, str, str]] = [
 ]
 
 
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters (so nothing folds away by
+    accident, and quantization sees realistic ranges); returns the model in eval mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    return model.eval()
+
+
 def build(spec: str) -> Tuple[nn.Module, int]:
     """(model in eval mode with randomised BatchNorm statistics, input channels)."""
     import torch
@@ -88,16 +105,7 @@ def build(spec: str) -> Tuple[nn.Module, int]:
         torch.manual_seed(0)
         model, _ = load_model(spec)
         c = input_channels(model)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # non-trivial BatchNorms, so nothing folds away by accident
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-    return model.eval(), c
+    return randomize_batchnorm(model, seed=1), c
 
 
 def run_case(label: str, spec: str, imgsz: int, workdir: Path, num_calib: int = 4,
