@@ -21,6 +21,7 @@ from torchvision.models import densenet as tv_densenet
 
 from yolo_dero.nn import DeroPool, DeroUnit
 
+from ._init import init_weights
 from ._registry import register_model
 
 __all__ = ["DeroDenseLayer", "DeroDenseNet"]
@@ -96,25 +97,11 @@ class DeroDenseNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_in, num_classes)
         self.memory_stages["head"] = ["relu", "avgpool", "classifier"]
-        _init_weights(self)
+        init_weights(self, conv_mode="fan_in")
 
     def forward(self, x):
         x = self.relu(self.features(x))
         return self.classifier(self.avgpool(x).flatten(1))
-
-
-def _init_weights(model: nn.Module) -> None:
-    """torchvision's DenseNet initialisation; conv biases (every DERO conv has one) start at zero."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
 
 
 @register_model()

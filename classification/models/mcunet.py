@@ -23,6 +23,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from yolo_dero.nn import DeroUnit
 
+from ._init import init_weights
 from ._registry import register_model
 
 __all__ = ["MCUNET_V4_BLOCKS", "InvertedResidual", "DeroInvertedResidual", "MCUNet"]
@@ -111,25 +112,10 @@ class MCUNet(nn.Module):
         self.memory_stages = OrderedDict(
             [(name, [f"features.{name}"]) for name, _ in self.features.named_children()]
             + [("head", ["avgpool", "classifier"])])
-        _init_weights(self)
+        init_weights(self, conv_mode="fan_out", linear_std=0.01)
 
     def forward(self, x):
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
-
-
-def _init_weights(model: nn.Module) -> None:
-    """torchvision's MobileNetV2 initialisation."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 def _original_stem(c_in: int, c_out: int) -> nn.Module:

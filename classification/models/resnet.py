@@ -19,6 +19,7 @@ from torchvision.models import resnet as tv_resnet
 
 from yolo_dero.nn import DeroPool, DeroUnit
 
+from ._init import init_weights
 from ._registry import register_model
 
 __all__ = ["DeroBasicBlock", "DeroBottleneck", "DeroResNet"]
@@ -124,24 +125,12 @@ class DeroResNet(nn.Module):
         self.fc = nn.Linear(c_in, num_classes)
         self.memory_stages = OrderedDict([("stem", ["stem"]), *((s, [s]) for s in _STAGES),
                                           ("head", ["avgpool", "fc"])])
-        _init_weights(self)
+        init_weights(self, conv_mode="fan_out", linear=False)
 
     def forward(self, x):
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.avgpool(x).flatten(1))
-
-
-def _init_weights(model: nn.Module) -> None:
-    """torchvision's ResNet initialisation; conv biases (every DERO conv has one) start at zero."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 @register_model()
