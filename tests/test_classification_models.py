@@ -90,8 +90,8 @@ def test_mcunet_original_adds_only_where_stride_1_and_channels_match():
     assert not any(isinstance(m, InvertedResidual) for m in get_model("mcunet_dero_v4").modules())
 
 
-def test_densenet_dero_shortcut_bn_only_where_channels_or_stride_change():
-    for m in get_model("densenet121_dero").modules():
+def test_densenet_dero_seed_style_shortcut_bn_only_where_channels_or_stride_change():
+    for m in get_model("densenet121_dero", style="seed").modules():
         if isinstance(m, DeroUnit):
             changes = m.c_in != m.c_out or m.s != 1
             assert isinstance(m.shortcut.bn, nn.BatchNorm2d) == changes
@@ -133,3 +133,24 @@ def test_memory_stages_cover_the_forward_pass_in_order(name):
         h.remove()
     assert order == sorted(order)
     assert set(order) == set(range(len(stages)))
+
+
+# parameter counts at 1000 classes. The seed's unit ('seed' style: a BatchNorm on every shortcut) matches the seed's
+# table, which counts in units of 2^20 (ResNet34-DERO 21,645,806 / 2^20 = 20.64). The default style drops the
+# BatchNorm of identity and zero-padded shortcuts ('identity' style).
+@pytest.mark.parametrize("name, seed_style, default_style", [
+    ("resnet34dero", 21_645_806, 21_632_494), ("resnet50dero", 22_844_654, 22_808_558),
+    ("mcunet_dero_v4", 760_158, 747_550), ("densenet121_dero", 7_949_542, 7_945_550)])
+def test_dero_parameter_counts_per_style(name, seed_style, default_style):
+    assert count_params(get_model(name, style="seed")) == seed_style
+    assert int(seed_style / 2**20 * 100) / 100 == {"resnet34dero": 20.64, "resnet50dero": 21.78,
+                                                  "mcunet_dero_v4": 0.72, "densenet121_dero": 7.58}[name]
+    assert count_params(get_model(name)) == default_style
+
+
+def test_default_style_identity_shortcuts_carry_no_batchnorm():
+    for name in ("resnet34dero", "mcunet_dero_v4", "densenet121_dero"):
+        for m in get_model(name).modules():
+            if isinstance(m, DeroUnit):
+                changes = m.s != 1 or m.c_in > m.c_out
+                assert isinstance(m.shortcut.bn, nn.BatchNorm2d) == changes, name

@@ -154,3 +154,41 @@ def test_exportable_shortcut_is_the_same_math():
                     alt = m(x)
             assert torch.allclose(ref, alt, atol=1e-5), (ci, co, k, s, p, h)
     assert Shortcut.exportable is False  # restored
+
+
+def test_style_changes_keeps_identity_and_zero_pad_shortcuts_exact():
+    """'changes': a BatchNorm only where S sum-pools or folds; identity and growth pass x through unscaled."""
+    assert isinstance(DeroUnit(8, 8, k=3, shortcut_bn="changes").shortcut.bn, nn.Identity)
+    assert isinstance(DeroUnit(8, 16, k=1, shortcut_bn="changes").shortcut.bn, nn.Identity)
+    assert isinstance(DeroUnit(8, 8, k=3, s=2, shortcut_bn="changes").shortcut.bn, nn.BatchNorm2d)
+    assert isinstance(DeroUnit(16, 8, k=1, shortcut_bn="changes").shortcut.bn, nn.BatchNorm2d)
+    assert isinstance(DeroPool(8, shortcut_bn="changes").shortcut.bn, nn.BatchNorm2d)
+    assert isinstance(DeroUnit(8, 8, k=3, shortcut_bn="all").shortcut.bn, nn.BatchNorm2d)
+    # an exact identity: the gradient of the shortcut path is 1 whatever the statistics of x
+    unit = DeroUnit(4, 4, k=3, act="relu", shortcut_bn="changes")
+    nn.init.zeros_(unit.conv.weight)
+    nn.init.zeros_(unit.conv.bias)
+    x = (torch.randn(2, 4, 5, 5) * 7 + 3).requires_grad_()
+    y = unit(x)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    with pytest.raises(ValueError, match="changes"):
+        DeroUnit(4, 4, shortcut_bn="sometimes")
+
+
+def test_styles_and_shortcut_gain():
+    from yolo_dero.nn import DERO_STYLES, get_style, init_shortcuts
+
+    assert get_style() == DERO_STYLES["default"] and get_style("seed").shortcut_norm == "all"
+    assert get_style("seed", shortcut_gain=0.0).shortcut_gain == 0.0
+    with pytest.raises(ValueError, match="unknown DERO style"):
+        get_style("nope")
+    model = nn.Sequential(DeroUnit(4, 8, k=3, s=2), DeroUnit(8, 8, k=3))
+    init_shortcuts(model, get_style("seed", shortcut_gain=0.0))
+    bns = [m.shortcut.bn for m in model]
+    assert all(float(bn.weight.detach().abs().sum()) == 0.0 for bn in bns)
+    model.eval()  # gain 0: the shortcuts contribute nothing, the network is its plain twin
+    x = torch.randn(1, 4, 8, 8)
+    assert torch.allclose(model(x), torch.relu(model[1].conv(model[1].bn_in(torch.relu(
+        model[0].conv(model[0].bn_in(x)))))), atol=1e-6)

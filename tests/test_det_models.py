@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from yolo_dero.nn.dero import DeroUnit, Shortcut
-from yolo_dero.nn.yolo_blocks import DeroC3, DeroConv
+from yolo_dero.nn.yolo_blocks import DeroC3, DeroC3Seed, DeroConv, DeroSPPF
 from yolo_dero.paths import REPO_ROOT
 
 ultra = pytest.importorskip("yolo_dero.ultra")
@@ -23,7 +23,8 @@ from yolo_dero.ultra.model import gflops  # noqa: E402
 CFG = REPO_ROOT / "cfg"
 YAMLS = ["yolov5n.yaml", "yolov5n-dero.yaml", "yolov5n-plain.yaml"]
 # pinned parameter counts at nc=80 (stock Ultralytics yolov5n: 2,654,816)
-PARAMS = {"yolov5n.yaml": 2_654_816, "yolov5n-dero.yaml": 2_465_862, "yolov5n-plain.yaml": 2_458_182}
+# (yolov5n-dero.yaml in the seed's unit style: 2,465,862)
+PARAMS = {"yolov5n.yaml": 2_654_816, "yolov5n-dero.yaml": 2_460_998, "yolov5n-plain.yaml": 2_458_182}
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +161,27 @@ def test_exported_shortcut_matches_in_onnxruntime():
         sess = ort.InferenceSession(blob)
         out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         assert np.allclose(out, ref, atol=1e-4)
+
+
+def test_dero_yaml_uses_the_identity_style_and_the_seed_yaml_the_seed_unit(models):
+    for u in models["yolov5n-dero.yaml"].modules():
+        if isinstance(u, DeroUnit):
+            assert isinstance(u.shortcut.bn, nn.BatchNorm2d) == (u.s > 1 or u.c_in > u.c_out)
+    seed = DeroDetectionModel(CFG / "yolov5n-dero-seed.yaml", verbose=False)
+    assert all(isinstance(u.shortcut.bn, nn.BatchNorm2d) for u in seed.modules() if isinstance(u, DeroUnit))
+
+
+def test_seed_layout_has_no_concat_keeps_c3_branch_and_dero_sppf():
+    m = DeroDetectionModel(CFG / "yolov5n-dero-seed.yaml", verbose=False)
+    kinds = {type(x) for x in m.model}
+    assert Concat not in kinds and SPPF not in kinds and DeroSPPF in kinds and DeroC3Seed in kinds
+    assert m.stride.tolist() == [8.0, 16.0, 32.0] and m.model[-1].f == [15, 17, 19]
+    c3 = m.model[4]  # parallel 1x1 branch kept, 2 bottlenecks as (1x1, 3x3) units, 1x1 exit over the concat
+    assert c3.cv2.k == 1 and [u.k for u in c3.m] == [1, 3, 1, 3] and c3.cv3.c_in == 2 * c3.cv1.c_out
+    # the seed's table: 1,822,211 with its anchor-based head; ours swaps in the anchor-free Detect head
+    detect = sum(p.numel() for p in m.model[-1].parameters())
+    assert sum(p.numel() for p in m.parameters()) == 2_609_622 and detect == 897_664
+    with torch.no_grad():
+        out = m.eval()(torch.rand(1, 3, 128, 128))
+    y = out[0] if isinstance(out, (tuple, list)) else out
+    assert y.shape == (1, 84, 16 * 16 + 8 * 8 + 4 * 4)

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .ultra import DeroYOLO  # sets up offline Ultralytics first
-from .ultra.cli import QUICK, val_main
+from .ultra.cli import QUICK
+from .ultra.evaluate import evaluate_detector
 from .ultra.model import gflops
 from .benchmark import SPEED_MEMORY_RATIO_KEYS, VARIANTS, environment, fmt, small_png, throughput, kib, markdown_table, memory_figures, ratio_rows, ratios, write_results
 from .paths import REPO_ROOT
@@ -88,15 +89,8 @@ def train_variant(variant: str, args, project: Path) -> Dict[str, Any]:
 
 
 def validate(variant: str, weights: str, args, project: Path) -> Dict[str, Any]:
-    out_json = project / f"{variant}_val.json"
-    argv = ["--weights", weights, "--data", args.data, "--imgsz", str(args.imgsz), "--json-out", str(out_json),
-            "--project", str(project / "val"), "--name", variant, "--no-label-scan"]
-    if args.device is not None:
-        argv += ["--device", args.device]
-    code = val_main(argv)
-    if code != 0:
-        raise RuntimeError(f"validation of {weights} failed (exit {code})")
-    v = json.loads(out_json.read_text())
+    v = evaluate_detector(weights, data=args.data, imgsz=args.imgsz, device=args.device, project=str(project / "val"),
+                          name=variant, label_scan=False)
     return {"map50_95": round(v["map50_95"], 4), "map50": round(v["map50"], 4),
             "coco_map50_95": round(v["pycocotools"]["map50_95"], 4), "coco_map50": round(v["pycocotools"]["map50"], 4),
             "params": int(v["params"]), "val_images": v["pycocotools"]["n_images"]}

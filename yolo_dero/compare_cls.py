@@ -3,9 +3,8 @@
     python -m yolo_dero.compare_cls --arch mcunet_v4 --epochs 8          # built-in data, 64 px
     python -m yolo_dero.compare_cls --arch resnet34 --data-path /imagenet --epochs 90 --imgsz 224
 
-Each variant is trained by ``classification/train.py``'s own ``run(args)`` (same seed, same budget, the args
-built by its own parser); this module only wraps ``train_one_epoch`` and ``evaluate`` to read the pure training
-time per epoch and the final top-1. Then it measures, for the three trained models:
+Each variant is trained by ``classification.train.run(args)`` (same seed, same budget, the args built by its
+own parser), whose returned history gives the pure training time per epoch and the final top-1. Then it measures, for the three trained models:
 
 * CPU latency, batch 1, float32, eval mode, the three timed interleaved (:func:`yolo_dero.report.time_interleaved`),
   at ``--eval-imgsz`` (default: the architecture's native input size, 224 or 176 for MCUNet);
@@ -19,7 +18,6 @@ rewrites the markdown from an existing JSON without training.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -50,32 +48,6 @@ def variant_names(arch: str) -> Dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def instrumented(record: Dict[str, Any]):
-    """Wrap train.py's ``train_one_epoch`` (pure training seconds, images) and ``evaluate`` (top-1)."""
-    import classification.train as T
-
-    orig_train, orig_eval = T.train_one_epoch, T.evaluate
-
-    def train_one_epoch(model, criterion, optimizer, loader, *a, **kw):
-        t0 = time.perf_counter()
-        out = orig_train(model, criterion, optimizer, loader, *a, **kw)
-        record["epochs"].append({"seconds": time.perf_counter() - t0, "images": len(loader.dataset)})
-        return out
-
-    def evaluate(model, criterion, loader, device, args, header: str = "Test:"):
-        acc1 = orig_eval(model, criterion, loader, device, args, header=header)
-        if header == "Test:":
-            record["acc1"].append(float(acc1))
-        return acc1
-
-    T.train_one_epoch, T.evaluate = train_one_epoch, evaluate
-    try:
-        yield record
-    finally:
-        T.train_one_epoch, T.evaluate = orig_train, orig_eval
-
-
 def train_argv(model_name: str, args, out_dir: Path) -> List[str]:
     resize = round(args.imgsz * 73 / 64)  # train.py's built-in ratio (64 -> 73; 224 -> 256)
     argv = ["--model", model_name, "--epochs", str(args.epochs), "-b", str(args.batch_size), "-j", str(args.workers),
@@ -95,18 +67,15 @@ def train_variant(variant: str, model_name: str, args) -> Dict[str, Any]:
     out_dir = Path(args.project).resolve() / f"{args.arch}-{variant}"
     out_dir.mkdir(parents=True, exist_ok=True)
     argv = train_argv(model_name, args, out_dir)
-    print(f"\n=== {variant}: python classification/train.py {' '.join(argv)}", flush=True)
-    record: Dict[str, Any] = {"epochs": [], "acc1": []}
+    print(f"\n=== {variant}: python -m classification.train {' '.join(argv)}", flush=True)
     t0 = time.time()
-    with instrumented(record):
-        code = T.main(argv)
-    if code != 0:
-        raise RuntimeError(f"training {model_name} failed (exit {code})")
-    return {"model": model_name, "train_argv": argv, "acc1": round(record["acc1"][-1], 2),
-            "best_acc1": round(max(record["acc1"]), 2), "acc1_per_epoch": [round(a, 2) for a in record["acc1"]],
-            **throughput(record["epochs"]),
-            "train_epoch_seconds": [round(e["seconds"], 2) for e in record["epochs"]],
-            "train_wall_s": round(time.time() - t0, 1), "checkpoint": str(out_dir / "checkpoint.pth")}
+    history = T.run(T.get_args_parser().parse_args(argv))
+    acc = [e.acc1 for e in history.epochs]
+    return {"model": model_name, "train_argv": argv, "acc1": round(acc[-1], 2),
+            "best_acc1": round(max(acc), 2), "acc1_per_epoch": [round(a, 2) for a in acc],
+            **throughput([{"seconds": e.train_seconds, "images": e.train_images} for e in history.epochs]),
+            "train_epoch_seconds": [round(e.train_seconds, 2) for e in history.epochs],
+            "train_wall_s": round(time.time() - t0, 1), "checkpoint": history.checkpoint}
 
 
 def load_trained(model_name: str, checkpoint: str) -> torch.nn.Module:

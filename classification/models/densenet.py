@@ -19,7 +19,7 @@ from typing import Sequence
 from torch import nn
 from torchvision.models import densenet as tv_densenet
 
-from yolo_dero.nn import DeroPool, DeroUnit
+from yolo_dero.nn import DERO_STYLES, DeroPool, DeroStyle, DeroUnit, get_style, init_shortcuts
 
 from ._init import init_weights
 from ._registry import register_model
@@ -39,18 +39,20 @@ def densenet121(num_classes: int = 1000, **kwargs):
     return model
 
 
-def _unit(c_in: int, c_out: int, k: int, shortcut: bool) -> DeroUnit:
-    """A DenseNet DERO unit: ReLU, padding k // 2, shortcut BatchNorm only where channels change."""
-    return DeroUnit(c_in, c_out, k=k, act="relu", shortcut=shortcut, shortcut_bn=c_in != c_out)
+def _unit(c_in: int, c_out: int, k: int, shortcut: bool, style: DeroStyle = DERO_STYLES["seed"]) -> DeroUnit:
+    """A DenseNet DERO unit: ReLU, padding k // 2. The seed's DenseNet (``shortcut_norm="all"``) gives the shortcut
+    a BatchNorm only where channels change; other styles follow :class:`~yolo_dero.nn.DeroStyle`."""
+    bn = c_in != c_out if style.shortcut_norm == "all" else style.shortcut_norm
+    return DeroUnit(c_in, c_out, k=k, act="relu", shortcut=shortcut, shortcut_bn=bn, norm=style.norm)
 
 
 class DeroDenseLayer(nn.Sequential):
     """One dense layer as two DERO units: 1x1 (``c_in -> width``) then 3x3 (``width -> width``)."""
 
-    def __init__(self, c_in: int, width: int, shortcut: bool = True):
+    def __init__(self, c_in: int, width: int, shortcut: bool = True, style: DeroStyle = DERO_STYLES["seed"]):
         super().__init__(OrderedDict([
-            ("conv1", _unit(c_in, width, 1, shortcut)),
-            ("conv2", _unit(width, width, 3, shortcut)),
+            ("conv1", _unit(c_in, width, 1, shortcut, style)),
+            ("conv2", _unit(width, width, 3, shortcut, style)),
         ]))
 
 
@@ -63,18 +65,21 @@ class DeroDenseNet(nn.Module):
         block_config: dense layers per stage.
         widths: constant width of each stage's dense layers.
         transitions: output channels of each stage's transition unit.
+        style: the units' :class:`~yolo_dero.nn.DeroStyle` or its name.
 
     Input: ``(N, 3, H, W)`` with ``H, W >= 32``; output ``(N, num_classes)``.
     """
 
     def __init__(self, num_classes: int = 1000, shortcut: bool = True,
                  block_config: Sequence[int] = (6, 12, 24, 16), widths: Sequence[int] = (76, 92, 116, 112),
-                 transitions: Sequence[int] = (128, 256, 512, 1024)):
+                 transitions: Sequence[int] = (128, 256, 512, 1024), style=None):
         super().__init__()
+        style = get_style(style)
+        norm = style.shortcut_norm
         features: "OrderedDict[str, nn.Module]" = OrderedDict()
         features["stem"] = nn.Sequential(OrderedDict([
-            ("conv", DeroUnit(3, 64, k=7, s=2, act="relu", shortcut=shortcut)),
-            ("pool", DeroPool(64, k=3, s=2, mode="max", shortcut=shortcut)),
+            ("conv", DeroUnit(3, 64, k=7, s=2, act="relu", shortcut=shortcut, shortcut_bn=norm, norm=style.norm)),
+            ("pool", DeroPool(64, k=3, s=2, mode="max", shortcut=shortcut, shortcut_bn=norm)),
         ]))
         self.memory_stages = OrderedDict([("stem", ["features.stem"])])
         c_in = 64
@@ -82,11 +87,11 @@ class DeroDenseNet(nn.Module):
         for i, (n_layers, width, c_trans) in enumerate(zip(block_config, widths, transitions), start=1):
             layers = []
             for _ in range(n_layers):
-                layers.append(DeroDenseLayer(c_in, width, shortcut))
+                layers.append(DeroDenseLayer(c_in, width, shortcut, style))
                 c_in = width
             features[f"denseblock{i}"] = nn.Sequential(
                 OrderedDict((f"denselayer{j}", layer) for j, layer in enumerate(layers, start=1)))
-            transition: "OrderedDict[str, nn.Module]" = OrderedDict(conv=_unit(c_in, c_trans, 1, shortcut))
+            transition: "OrderedDict[str, nn.Module]" = OrderedDict(conv=_unit(c_in, c_trans, 1, shortcut, style))
             if i < n_stages:
                 transition["pool"] = nn.AvgPool2d(2, 2)
             features[f"transition{i}"] = nn.Sequential(transition)
@@ -98,6 +103,7 @@ class DeroDenseNet(nn.Module):
         self.classifier = nn.Linear(c_in, num_classes)
         self.memory_stages["head"] = ["relu", "avgpool", "classifier"]
         init_weights(self, conv_mode="fan_in")
+        init_shortcuts(self, style)
 
     def forward(self, x):
         x = self.relu(self.features(x))
@@ -105,12 +111,12 @@ class DeroDenseNet(nn.Module):
 
 
 @register_model()
-def densenet121_dero(num_classes: int = 1000):
+def densenet121_dero(num_classes: int = 1000, style=None):
     """DenseNet121 in DERO form: a chain of DERO units of constant width per stage."""
-    return DeroDenseNet(num_classes, shortcut=True)
+    return DeroDenseNet(num_classes, shortcut=True, style=style)
 
 
 @register_model()
-def densenet121_plain(num_classes: int = 1000):
+def densenet121_plain(num_classes: int = 1000, style=None):
     """Plain twin of DenseNet121-DERO: the same units with no shortcuts."""
-    return DeroDenseNet(num_classes, shortcut=False)
+    return DeroDenseNet(num_classes, shortcut=False, style=style)

@@ -21,7 +21,7 @@ from typing import Callable, List, Sequence, Tuple
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
-from yolo_dero.nn import DeroUnit
+from yolo_dero.nn import DeroUnit, get_style, init_shortcuts
 
 from ._init import init_weights
 from ._registry import register_model
@@ -68,14 +68,14 @@ class DeroInvertedResidual(nn.Sequential):
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int,
-                 shortcut: bool = True):
+                 shortcut: bool = True, shortcut_bn="all", norm: str = "pre"):
         mid = c_in * expand_ratio
+        sc = dict(shortcut=shortcut, shortcut_bn=shortcut_bn, norm=norm)
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()
         if expand_ratio != 1:
-            layers["expand"] = DeroUnit(c_in, mid, k=1, act="relu6", shortcut=shortcut)
-        layers["depthwise"] = DeroUnit(mid, mid, k=kernel, s=stride, groups=mid, act="relu6",
-                                       shortcut=shortcut)
-        layers["project"] = DeroUnit(mid, c_out, k=1, act=None, shortcut=shortcut)
+            layers["expand"] = DeroUnit(c_in, mid, k=1, act="relu6", **sc)
+        layers["depthwise"] = DeroUnit(mid, mid, k=kernel, s=stride, groups=mid, act="relu6", **sc)
+        layers["project"] = DeroUnit(mid, c_out, k=1, act=None, **sc)
         super().__init__(layers)
 
 
@@ -122,16 +122,20 @@ def _original_stem(c_in: int, c_out: int) -> nn.Module:
     return Conv2dNormActivation(c_in, c_out, 3, 2, activation_layer=nn.ReLU6)
 
 
-def _dero_mcunet(num_classes: int, shortcut: bool) -> MCUNet:
-    """The DERO form (``shortcut=True``) or its plain twin (``shortcut=False``)."""
+def _dero_mcunet(num_classes: int, shortcut: bool, style=None) -> MCUNet:
+    """The DERO form (``shortcut=True``) or its plain twin (``shortcut=False``) in a :class:`DeroStyle`."""
+    style = get_style(style)
+    sc = dict(shortcut=shortcut, shortcut_bn=style.shortcut_norm, norm=style.norm)
 
     def stem(c_in: int, c_out: int) -> nn.Module:
-        return DeroUnit(c_in, c_out, k=3, s=2, act="relu6", shortcut=shortcut)
+        return DeroUnit(c_in, c_out, k=3, s=2, act="relu6", **sc)
 
     def block(c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int) -> nn.Module:
-        return DeroInvertedResidual(c_in, c_out, stride, expand_ratio, kernel, shortcut=shortcut)
+        return DeroInvertedResidual(c_in, c_out, stride, expand_ratio, kernel, **sc)
 
-    return MCUNet(stem, block, num_classes)
+    model = MCUNet(stem, block, num_classes)
+    init_shortcuts(model, style)
+    return model
 
 
 @register_model()
@@ -141,12 +145,12 @@ def mcunet_v4(num_classes: int = 1000):
 
 
 @register_model()
-def mcunet_dero_v4(num_classes: int = 1000):
-    """MCUNet v4 with every operator a DERO unit and no block-level adds."""
-    return _dero_mcunet(num_classes, shortcut=True)
+def mcunet_dero_v4(num_classes: int = 1000, style=None):
+    """MCUNet v4 with every operator a DERO unit and no block-level adds (``style``: see :class:`DeroStyle`)."""
+    return _dero_mcunet(num_classes, shortcut=True, style=style)
 
 
 @register_model()
-def mcunet_plain_v4(num_classes: int = 1000):
-    """Plain twin of MCUNet-DERO v4: the same units with no shortcuts."""
-    return _dero_mcunet(num_classes, shortcut=False)
+def mcunet_plain_v4(num_classes: int = 1000, style=None):
+    """Plain twin of MCUNet-DERO v4: the same units with no shortcuts (``style`` is accepted and has no effect)."""
+    return _dero_mcunet(num_classes, shortcut=False, style=style)

@@ -17,7 +17,7 @@ from typing import List, Type, Union
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from yolo_dero.nn import DeroPool, DeroUnit
+from yolo_dero.nn import DeroPool, DeroStyle, DeroUnit, get_style, init_shortcuts
 
 from ._init import init_weights
 from ._registry import register_model
@@ -55,8 +55,8 @@ class DeroBasicBlock(nn.Sequential):
     expansion = 1
 
     def __init__(self, c_in: int, width: int, stride: int = 1, shortcut: bool = True,
-                 drop_path: float = 0.0):
-        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path)
+                 drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre"):
+        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn, norm=norm)
         super().__init__(OrderedDict([
             ("conv1", DeroUnit(c_in, width, k=3, s=stride, **unit)),
             ("conv2", DeroUnit(width, width, k=3, **unit)),
@@ -72,8 +72,8 @@ class DeroBottleneck(nn.Sequential):
     expansion = 4
 
     def __init__(self, c_in: int, width: int, stride: int = 1, shortcut: bool = True,
-                 drop_path: float = 0.0):
-        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path)
+                 drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre"):
+        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn, norm=norm)
         super().__init__(OrderedDict([
             ("conv1", DeroUnit(c_in, width, k=1, **unit)),
             ("conv2", DeroUnit(width, width, k=3, s=stride, **unit)),
@@ -92,20 +92,24 @@ class DeroResNet(nn.Module):
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over the blocks
             (every unit of a block shares the block's rate). Needs shortcuts: a dropped unit with no
             shortcut would zero the whole activation.
+        style: the units' :class:`~yolo_dero.nn.DeroStyle` or its name (``"default"``, ``"seed"``).
 
     Input: ``(N, 3, H, W)`` with ``H, W >= 32``; output ``(N, num_classes)``.
     """
 
     def __init__(self, block: Type[Union[DeroBasicBlock, DeroBottleneck]], layers: List[int],
-                 num_classes: int = 1000, shortcut: bool = True, drop_path_rate: float = 0.0):
+                 num_classes: int = 1000, shortcut: bool = True, drop_path_rate: float = 0.0,
+                 style: Union[str, DeroStyle, None] = None):
         super().__init__()
+        style = get_style(style)
+        sc = dict(shortcut=shortcut, shortcut_bn=style.shortcut_norm)
         if drop_path_rate > 0 and not shortcut:
             raise ValueError("drop_path_rate needs shortcuts; the plain twin has none")
         # each stem operator is its own DERO unit (the seed's one shortcut around both would make the
         # image outlive the 7x7 conv and raise the stem's peak memory)
         self.stem = nn.Sequential(OrderedDict([
-            ("conv", DeroUnit(3, 64, k=7, s=2, act="relu", shortcut=shortcut)),
-            ("pool", DeroPool(64, k=3, s=2, mode="max", shortcut=shortcut)),
+            ("conv", DeroUnit(3, 64, k=7, s=2, act="relu", norm=style.norm, **sc)),
+            ("pool", DeroPool(64, k=3, s=2, mode="max", **sc)),
         ]))
 
         n_blocks = sum(layers)
@@ -116,7 +120,7 @@ class DeroResNet(nn.Module):
             for i in range(n):
                 rate = drop_path_rate * block_index / max(n_blocks - 1, 1)
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(block(c_in, width, stride, shortcut=shortcut, drop_path=rate))
+                blocks.append(block(c_in, width, stride, drop_path=rate, norm=style.norm, **sc))
                 c_in = width * block.expansion
                 block_index += 1
             self.add_module(_STAGES[stage], nn.Sequential(*blocks))
@@ -126,6 +130,7 @@ class DeroResNet(nn.Module):
         self.memory_stages = OrderedDict([("stem", ["stem"]), *((s, [s]) for s in _STAGES),
                                           ("head", ["avgpool", "fc"])])
         init_weights(self, conv_mode="fan_out", linear=False)
+        init_shortcuts(self, style)
 
     def forward(self, x):
         x = self.stem(x)
@@ -134,28 +139,28 @@ class DeroResNet(nn.Module):
 
 
 @register_model()
-def resnet34dero(num_classes: int = 1000, drop_path_rate: float = 0.0):
+def resnet34dero(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
     """ResNet34 with every operator a DERO unit."""
     return DeroResNet(DeroBasicBlock, [3, 4, 6, 3], num_classes, shortcut=True,
-                      drop_path_rate=drop_path_rate)
+                      drop_path_rate=drop_path_rate, style=style)
 
 
 @register_model()
-def resnet34plain(num_classes: int = 1000, drop_path_rate: float = 0.0):
+def resnet34plain(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
     """Plain twin of ResNet34-DERO: the same units with no shortcuts (``drop_path_rate`` must stay 0)."""
     return DeroResNet(DeroBasicBlock, [3, 4, 6, 3], num_classes, shortcut=False,
-                      drop_path_rate=drop_path_rate)
+                      drop_path_rate=drop_path_rate, style=style)
 
 
 @register_model()
-def resnet50dero(num_classes: int = 1000, drop_path_rate: float = 0.0):
+def resnet50dero(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
     """ResNet50 with every operator a DERO unit."""
     return DeroResNet(DeroBottleneck, [3, 4, 6, 3], num_classes, shortcut=True,
-                      drop_path_rate=drop_path_rate)
+                      drop_path_rate=drop_path_rate, style=style)
 
 
 @register_model()
-def resnet50plain(num_classes: int = 1000, drop_path_rate: float = 0.0):
+def resnet50plain(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
     """Plain twin of ResNet50-DERO: the same units with no shortcuts (``drop_path_rate`` must stay 0)."""
     return DeroResNet(DeroBottleneck, [3, 4, 6, 3], num_classes, shortcut=False,
-                      drop_path_rate=drop_path_rate)
+                      drop_path_rate=drop_path_rate, style=style)

@@ -1,5 +1,7 @@
 """Building blocks made of the DERO unit. Imports torch only: classification users never need Ultralytics."""
 
-from .dero import DeroPool, DeroUnit, DropPath, Shortcut, exportable_shortcuts, fold_channels, make_activation
+from .dero import (DERO_STYLES, DeroPool, DeroStyle, DeroUnit, DropPath, Shortcut, exportable_shortcuts,
+                   fold_channels, get_style, init_shortcuts, make_activation)
 
-__all__ = ["DeroUnit", "DeroPool", "Shortcut", "DropPath", "exportable_shortcuts", "fold_channels", "make_activation"]
+__all__ = ["DeroUnit", "DeroPool", "DeroStyle", "DERO_STYLES", "get_style", "init_shortcuts", "Shortcut", "DropPath",
+           "exportable_shortcuts", "fold_channels", "make_activation"]

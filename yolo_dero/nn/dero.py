@@ -15,13 +15,72 @@ zoo and the YOLO modules both build on it. It imports torch only.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Union
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 ActivationSpec = Union[None, bool, str, nn.Module, Callable[[], nn.Module]]
+ShortcutNorm = Union[bool, str]  # True / "all", False / "none", or "changes"
+
+
+@dataclass(frozen=True)
+class DeroStyle:
+    """How the units of a DERO model are built and initialised (one value per model, shared by every unit).
+
+    Attributes:
+        shortcut_norm: where the shortcut has its own BatchNorm: ``"all"`` (every unit, the seed's unit),
+            ``"changes"`` (only where ``S`` changes the statistics of ``x``: a strided sum-pool or a channel fold;
+            identity and zero-padded shortcuts stay exact identities, so gradients pass through a chain of units
+            unscaled, as in a residual network) or ``"none"``.
+        shortcut_gain: initial weight of the shortcut BatchNorms (0 starts the network as its plain twin).
+        norm: where the operator's BatchNorm sits: ``"pre"`` (``act(conv(bn_in(x)))``, conv with bias: the seed's
+            unit) or ``"post"`` (``act(bn(conv(x)))``, conv without bias: the conv's scale no longer matters, as in
+            the original networks, which keeps depthwise and thin convolutions trainable at high learning rates).
+    """
+
+    shortcut_norm: str = "all"
+    shortcut_gain: float = 1.0
+    norm: str = "pre"
+
+    def __post_init__(self):
+        if self.shortcut_norm not in ("all", "changes", "strided", "none"):
+            raise ValueError(f"shortcut_norm must be 'all', 'changes', 'strided' or 'none', got {self.shortcut_norm!r}")
+        if self.norm not in ("pre", "post"):
+            raise ValueError(f"norm must be 'pre' or 'post', got {self.norm!r}")
+
+
+# "seed": the unit exactly as the seed trains it; "identity": the seed's pre-norm unit with exact identity shortcuts;
+# "post": identity shortcuts and the BatchNorm after the conv; "default": the accuracy study's winner
+# (results/study/accuracy_study.md).
+DERO_STYLES: Dict[str, DeroStyle] = {
+    "seed": DeroStyle(shortcut_norm="all", norm="pre"),
+    "identity": DeroStyle(shortcut_norm="changes", norm="pre"),
+    "post": DeroStyle(shortcut_norm="changes", norm="post"),
+}
+DERO_STYLES["default"] = DERO_STYLES["identity"]
+
+
+def get_style(style: Union[str, DeroStyle, None] = None, **overrides) -> DeroStyle:
+    """A :class:`DeroStyle` from a name in :data:`DERO_STYLES` (None = ``"default"``) or an instance."""
+    if style is None:
+        style = "default"
+    if isinstance(style, str):
+        try:
+            style = DERO_STYLES[style]
+        except KeyError:
+            raise ValueError(f"unknown DERO style {style!r}; use one of {sorted(DERO_STYLES)}") from None
+    return replace(style, **overrides) if overrides else style
+
+
+def init_shortcuts(model: nn.Module, style: DeroStyle) -> None:
+    """Set every shortcut BatchNorm of ``model`` to the style's initial gain (after the family's weight init)."""
+    for m in model.modules():
+        if isinstance(m, Shortcut) and isinstance(m.bn, nn.BatchNorm2d):
+            nn.init.constant_(m.bn.weight, style.shortcut_gain)
+            nn.init.zeros_(m.bn.bias)
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -114,13 +173,22 @@ class Shortcut(nn.Module):
     """
 
     def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, p: Optional[int] = None,
-                 bn: bool = True):
+                 bn: ShortcutNorm = True):
         super().__init__()
         self.c_in, self.c_out, self.s = c_in, c_out, s
         if s > 1 and k == 1:
             self.k, self.p, self.ceil_mode = s, 0, True
         else:
             self.k, self.p, self.ceil_mode = k, (k // 2 if p is None else p), False
+        if bn == "changes":  # only where S changes the statistics: a sum-pool or a fold
+            bn = s > 1 or c_in > c_out
+        elif bn == "strided":  # only after a sum-pool (a fold of zero-padded channels stays an exact identity)
+            bn = s > 1
+        elif isinstance(bn, str):
+            if bn not in ("all", "none"):
+                raise ValueError(f"shortcut BatchNorm must be True/False, 'all', 'changes', 'strided' or 'none', "
+                                 f"got {bn!r}")
+            bn = bn == "all"
         self.bn = nn.BatchNorm2d(c_out) if bn else nn.Identity()
 
     exportable = False  # set by :func:`exportable_shortcuts` while a model is exported
@@ -172,9 +240,11 @@ class DeroUnit(nn.Module):
         act: activation after the conv (``"relu"``, ``"relu6"``, ``"silu"``, a module, or None for
             a linear layer).
         shortcut: False builds the plain twin (no shortcut, no shortcut parameters).
-        shortcut_bn: whether the shortcut has its own BatchNorm (families may drop it where the
-            stride is 1 and channels match).
+        shortcut_bn: whether the shortcut has its own BatchNorm: True/``"all"``, False/``"none"``, or
+            ``"changes"`` (only where ``S`` sum-pools or folds; see :class:`DeroStyle`).
         drop_path: stochastic-depth probability on the conv branch.
+        norm: ``"pre"`` (``bn_in`` before the conv, conv with bias) or ``"post"`` (``bn`` after a bias-free conv);
+            see :class:`DeroStyle`.
 
     Shapes: ``(N, c_in, H, W) -> (N, c_out, H_out, W_out)`` with the conv's usual output size.
     At inference an engine computes ``S(x)`` while reading ``x`` for the conv and accumulates it into
@@ -185,18 +255,21 @@ class DeroUnit(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1, p: Optional[int] = None,
                  groups: int = 1, act: ActivationSpec = "relu", shortcut: bool = True,
-                 shortcut_bn: bool = True, drop_path: float = 0.0):
+                 shortcut_bn: ShortcutNorm = True, drop_path: float = 0.0, norm: str = "pre"):
         super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
         p = k // 2 if p is None else p
         self.c_in, self.c_out, self.k, self.s = c_in, c_out, k, s
-        self.bn_in = nn.BatchNorm2d(c_in)
-        self.conv = nn.Conv2d(c_in, c_out, k, s, p, groups=groups, bias=True)
+        self.bn_in = nn.BatchNorm2d(c_in) if norm == "pre" else nn.Identity()
+        self.conv = nn.Conv2d(c_in, c_out, k, s, p, groups=groups, bias=norm == "pre")
+        self.bn = nn.BatchNorm2d(c_out) if norm == "post" else nn.Identity()
         self.act = make_activation(act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.shortcut = Shortcut(c_in, c_out, k, s, p, bn=shortcut_bn) if shortcut else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.drop_path(self.act(self.conv(self.bn_in(x))))
+        y = self.drop_path(self.act(self.bn(self.conv(self.bn_in(x)))))
         if self.shortcut is not None:
             y = y + self.shortcut(x)
         return y
@@ -212,7 +285,7 @@ class DeroPool(nn.Module):
     is_dero_operator = True
 
     def __init__(self, channels: int, k: int = 3, s: int = 2, p: Optional[int] = None,
-                 mode: str = "max", shortcut: bool = True, shortcut_bn: bool = True):
+                 mode: str = "max", shortcut: bool = True, shortcut_bn: ShortcutNorm = True):
         super().__init__()
         p = k // 2 if p is None else p
         if mode == "max":

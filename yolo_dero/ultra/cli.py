@@ -15,10 +15,9 @@ _env.setup_environment()
 
 import torch  # noqa: E402
 
-from ..datasets import DatasetError, resolve_data, scan_labels  # noqa: E402
-from ..datasets.resolve import image_files  # noqa: E402
+from ..datasets import DatasetError, resolve_data  # noqa: E402
 from ..paths import REPO_ROOT  # noqa: E402
-from .cocoeval import evaluate, ultralytics_class_map  # noqa: E402
+from .evaluate import evaluate_detector, report_label_issues  # noqa: E402
 from .model import CheckpointError, DeroYOLO, check_checkpoint  # noqa: E402
 from .parser import ModelConfigError  # noqa: E402
 
@@ -63,27 +62,6 @@ def _extra(tokens: list[str]) -> dict[str, Any]:
 def _fail(msg: str, code: int = 2) -> int:
     print(f"ERROR: {msg}", file=sys.stderr)
     return code
-
-
-def report_label_issues(rd, splits=("train", "val"), limit: int = 30) -> int:
-    """Pre-scan the labels and print every bad line as ``file:line: problem -> what Ultralytics does``."""
-    total = 0
-    for split in splits:
-        if not rd.data.get(split):
-            continue
-        issues, n = scan_labels(rd.root, rd.data[split], rd.nc)
-        total += len(issues)
-        for i, issue in enumerate(issues):
-            if i == limit:
-                print(f"WARNING labels ({split}): ... {len(issues) - limit} more label problems not shown")
-                break
-            print(f"WARNING labels ({split}): {issue}")
-        if issues:
-            skipped = len({x.file for x in issues if x.action == "image skipped"})
-            print(f"WARNING labels ({split}): {len(issues)} bad label lines in {n} label files; "
-                  f"{skipped} images will be skipped by Ultralytics, boxes within its 1% tolerance clipped; "
-                  f"training continues")
-    return total
 
 
 # ------------------------------------------------------------------------------------------------------------ train
@@ -280,60 +258,19 @@ def val_parser() -> argparse.ArgumentParser:
 def val_main(argv: list[str] | None = None) -> int:
     args = val_parser().parse_args(argv)
     try:
-        weights = check_checkpoint(args.weights)
-        model = DeroYOLO(str(weights))
-        data = args.data
-        if data is None:
-            ck_data = (model.ckpt or {}).get("train_args", {}).get("data")
-            data = ck_data if ck_data and Path(ck_data).is_file() else "data/shapes.yaml"
-        rd = resolve_data(data, args.data_path, splits=("val",), need_coco_json=args.coco_json is None)
-        gt_json = Path(args.coco_json).resolve() if args.coco_json else rd.coco_json
-        if args.coco_json and not gt_json.is_file():
-            raise DatasetError(f"--coco-json: file not found: '{args.coco_json}'")
-        nc_model = len(model.names)
-        if nc_model != rd.nc:
-            raise CheckpointError(f"'{weights}' predicts {nc_model} classes but '{rd.source}' has {rd.nc}")
-        if not args.no_label_scan:
-            report_label_issues(rd, splits=("val",))
-        holder: dict[str, Any] = {}
-        model.add_callback("on_val_end", lambda v: holder.update(save_dir=Path(v.save_dir), imgsz=v.args.imgsz))
-        kw = dict(data=str(rd.yaml_path), save_json=True, batch=args.batch, conf=args.conf, iou=args.iou,
-                  max_det=args.max_det, plots=args.plots, project=str(Path(args.project).resolve()),
-                  name=args.name or weights.parent.parent.name, verbose=False)
-        if args.imgsz:
-            kw["imgsz"] = args.imgsz
-        if args.device is not None:
-            kw["device"] = args.device
-        metrics = model.val(**kw)
+        out = evaluate_detector(args.weights, data=args.data, data_path=args.data_path, imgsz=args.imgsz,
+                                batch=args.batch, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                                device=args.device, coco_json=args.coco_json, project=args.project, name=args.name,
+                                plots=args.plots, label_scan=not args.no_label_scan)
     except USER_ERRORS as e:
         return _fail(str(e))
-    save_dir = holder["save_dir"]
-    pred_json = save_dir / "predictions.json"
-    ul = {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50),
-          "precision": float(metrics.box.mp), "recall": float(metrics.box.mr)}
-    if not pred_json.is_file():  # Ultralytics writes it only when there were predictions
-        pred_json.write_text("[]")
-    pc = evaluate(pred_json, gt_json, ultralytics_class_map(rd.data, rd.nc), None if args.coco_json and
-                  rd.category_ids is None else rd.category_ids, rd.names,
-                  image_files=image_files(rd.root, rd.data["val"]))
-    n_params = sum(p.numel() for p in model.model.parameters())
-    out = {
-        **ul,
-        "pycocotools": {k: pc[k] for k in ("map50_95", "map50", "stats", "n_images", "n_predictions",
-                                           "unmatched_predictions", "images_not_in_gt")},
-        "difference": {"map50_95": round(ul["map50_95"] - pc["map50_95"], 4),
-                       "map50": round(ul["map50"] - pc["map50"], 4)},
-        "params": n_params, "imgsz": holder.get("imgsz"), "weights": str(weights), "data": str(rd.source),
-        "data_resolved": str(rd.yaml_path), "coco_json": str(gt_json), "predictions_json": str(pred_json),
-        "save_dir": str(save_dir), "conf": args.conf, "iou": args.iou,
-        "speed_ms": {k: round(float(v), 2) for k, v in getattr(metrics, "speed", {}).items()},
-    }
-    print(f"\nweights {weights}\ndata {rd.source} ({pc['n_images']} val images), imgsz {out['imgsz']}, "
-          f"{n_params:,} params")
-    print(f"Ultralytics   mAP50-95 {ul['map50_95']:.4f}  mAP50 {ul['map50']:.4f}")
-    print(f"pycocotools   mAP50-95 {pc['map50_95']:.4f}  mAP50 {pc['map50']:.4f}   (COCOeval on {pred_json.name} vs "
-          f"{gt_json.name})")
-    print(f"Results saved to {save_dir}")
+    pc = out["pycocotools"]
+    print(f"\nweights {out['weights']}\ndata {out['data']} ({pc['n_images']} val images), imgsz {out['imgsz']}, "
+          f"{out['params']:,} params")
+    print(f"Ultralytics   mAP50-95 {out['map50_95']:.4f}  mAP50 {out['map50']:.4f}")
+    print(f"pycocotools   mAP50-95 {pc['map50_95']:.4f}  mAP50 {pc['map50']:.4f}   (COCOeval on "
+          f"{Path(out['predictions_json']).name} vs {Path(out['coco_json']).name})")
+    print(f"Results saved to {out['save_dir']}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
         print(f"JSON written to {args.json_out}")

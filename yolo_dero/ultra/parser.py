@@ -10,7 +10,8 @@ module             channel logic (``width``/``depth`` from ``scales[scale]``, ``
 ``Conv``           ``c2 = make_divisible(min(args[0], max_ch) * width, 8)``; args ``[c1, c2, k, s, p]``
 ``DeroConv``       same as ``Conv``; plus ``shortcut`` from the YAML's ``dero_shortcuts`` key
 ``C3``             as ``Conv``; repeats ``n = max(round(n * depth), 1)`` go into args ``[c1, c2, n, ...]``
-``DeroC3``         same as ``C3``; plus ``shortcut`` from ``dero_shortcuts``
+``DeroC3``         same as ``C3``; plus ``shortcut`` from ``dero_shortcuts`` (also ``DeroC3Seed``)
+``DeroSPPF``       as ``SPPF``; plus ``shortcut`` from ``dero_shortcuts``
 ``SPPF``           as ``Conv`` (no repeats); v5 rows (``[c2, k]``) get an activated ``cv1`` like stock
 ``nn.Upsample``    channels unchanged
 ``Concat``         ``c2 = sum of the inputs' channels``
@@ -35,7 +36,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..nn.yolo_blocks import DeroC3, DeroConv
+from ..nn.yolo_blocks import DeroC3, DeroC3Seed, DeroConv, DeroSPPF
 from ..paths import REPO_ROOT
 
 
@@ -58,7 +59,8 @@ def _ultra_modules() -> dict[str, type]:
 
 def supported_modules() -> dict[str, type]:
     """YAML module name -> class, for every module kind this parser knows."""
-    return {**_ultra_modules(), "DeroConv": DeroConv, "DeroC3": DeroC3, "nn.Upsample": nn.Upsample}
+    return {**_ultra_modules(), "DeroConv": DeroConv, "DeroC3": DeroC3, "DeroC3Seed": DeroC3Seed,
+            "DeroSPPF": DeroSPPF, "nn.Upsample": nn.Upsample}
 
 
 def make_divisible(x: float, divisor: int = 8) -> int:
@@ -174,6 +176,12 @@ def build_model(d: dict, ch: int = 3, verbose: bool = True):
             raise ModelConfigError(f"scale {scale!r} not among the YAML's scales {list(scales)}")
         depth, width, max_channels = scales[scale]
     dero_shortcut = bool(d.get("dero_shortcuts", True))
+    from ..nn import get_style
+
+    try:  # the units' style (yolo_dero.nn.DeroStyle); a YAML without the key keeps the seed's unit
+        style = get_style(d.get("dero_style", "seed"))
+    except ValueError as e:
+        raise ModelConfigError(f"dero_style: {e}") from None
     reg_max, end2end = d.get("reg_max", 16), bool(d.get("end2end") or False)
 
     if verbose:
@@ -195,20 +203,23 @@ def build_model(d: dict, ch: int = 3, verbose: bool = True):
             if not (isinstance(x, int) and (x == -1 or (i > 0 and -i <= x < i))):
                 raise ModelConfigError(f"layer {i}: 'from' index {x} does not refer to an earlier layer")
         n_ = n = max(round(n * depth), 1) if n > 1 else n
-        if m in (modules["Conv"], DeroConv, modules["C3"], DeroC3, modules["SPPF"]):
+        if m in (modules["Conv"], DeroConv, modules["C3"], DeroC3, DeroC3Seed, modules["SPPF"], DeroSPPF):
             c1 = chs[f]
             c2 = make_divisible(min(args[0], max_channels) * width, 8)
             args = [c1, c2, *args[1:]]
-            if m in (modules["C3"], DeroC3):
+            if m in (modules["C3"], DeroC3, DeroC3Seed):
                 args.insert(2, n)
                 n = 1
-            kwargs = {"shortcut": dero_shortcut} if m in (DeroConv, DeroC3) else {}
-            if m is DeroC3 and len(args) > 3:  # an explicit YAML shortcut arg is AND-ed with the switch
+            dero = m in (DeroConv, DeroC3, DeroC3Seed, DeroSPPF)
+            kwargs = {"shortcut": dero_shortcut} if dero else {}
+            if m in (DeroC3, DeroC3Seed) and len(args) > 3:  # an explicit YAML shortcut arg is AND-ed with the switch
                 args[3] = bool(args[3]) and dero_shortcut
                 kwargs = {}
             if m is DeroConv and len(args) > 5:
                 args = args[:5] + [bool(args[5]) and dero_shortcut] + args[6:]
                 kwargs = {}
+            if dero:
+                kwargs["shortcut_bn"] = style.shortcut_norm
             first = m(*args, **kwargs)
             rest = [m(c2, *args[1:], **kwargs) for _ in range(n - 1)]  # repeats chain at c2 channels
             m_ = nn.Sequential(first, *rest) if n > 1 else first

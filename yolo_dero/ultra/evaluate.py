@@ -1,0 +1,93 @@
+"""Detection evaluation as a library function: Ultralytics' mAP and pycocotools' COCOeval on the same predictions.
+
+``val_det.py`` is a thin command line over :func:`evaluate_detector`; the study and the comparison benchmark call it
+directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ..datasets import DatasetError, resolve_data, scan_labels
+from ..datasets.resolve import image_files
+from ..paths import REPO_ROOT
+from .cocoeval import evaluate, ultralytics_class_map
+from .model import CheckpointError, DeroYOLO, check_checkpoint
+
+
+def report_label_issues(rd, splits=("train", "val"), limit: int = 30) -> int:
+    """Pre-scan the labels and print every bad line as ``file:line: problem -> what Ultralytics does``."""
+    total = 0
+    for split in splits:
+        if not rd.data.get(split):
+            continue
+        issues, n = scan_labels(rd.root, rd.data[split], rd.nc)
+        total += len(issues)
+        for i, issue in enumerate(issues):
+            if i == limit:
+                print(f"WARNING labels ({split}): ... {len(issues) - limit} more label problems not shown")
+                break
+            print(f"WARNING labels ({split}): {issue}")
+        if issues:
+            skipped = len({x.file for x in issues if x.action == "image skipped"})
+            print(f"WARNING labels ({split}): {len(issues)} bad label lines in {n} label files; "
+                  f"{skipped} images will be skipped by Ultralytics, boxes within its 1% tolerance clipped; "
+                  f"training continues")
+    return total
+
+
+def evaluate_detector(weights: str, data: Optional[str] = None, data_path: Optional[str] = None,
+                      imgsz: Optional[int] = None, batch: int = 16, conf: float = 0.001, iou: float = 0.7,
+                      max_det: int = 300, device: Optional[str] = None, coco_json: Optional[str] = None,
+                      project: str = str(REPO_ROOT / "runs" / "val"), name: Optional[str] = None,
+                      plots: bool = False, label_scan: bool = True) -> Dict[str, Any]:
+    """Validate ``weights`` on ``data`` (default: the data it was trained on) and return the figures.
+
+    Returns ``{"map50_95", "map50", "precision", "recall", "pycocotools": {...}, "difference", "params", "imgsz",
+    ...}``. Raises :class:`~yolo_dero.datasets.DatasetError` or :class:`~yolo_dero.ultra.CheckpointError` on bad
+    input (the message names the problem and the fix).
+    """
+    weights = check_checkpoint(weights)
+    model = DeroYOLO(str(weights))
+    if data is None:
+        ck_data = (model.ckpt or {}).get("train_args", {}).get("data")
+        data = ck_data if ck_data and Path(ck_data).is_file() else "data/shapes.yaml"
+    rd = resolve_data(data, data_path, splits=("val",), need_coco_json=coco_json is None)
+    gt_json = Path(coco_json).resolve() if coco_json else rd.coco_json
+    if coco_json and not gt_json.is_file():
+        raise DatasetError(f"--coco-json: file not found: '{coco_json}'")
+    nc_model = len(model.names)
+    if nc_model != rd.nc:
+        raise CheckpointError(f"'{weights}' predicts {nc_model} classes but '{rd.source}' has {rd.nc}")
+    if label_scan:
+        report_label_issues(rd, splits=("val",))
+    holder: Dict[str, Any] = {}
+    model.add_callback("on_val_end", lambda v: holder.update(save_dir=Path(v.save_dir), imgsz=v.args.imgsz))
+    kw = dict(data=str(rd.yaml_path), save_json=True, batch=batch, conf=conf, iou=iou, max_det=max_det, plots=plots,
+              project=str(Path(project).resolve()), name=name or weights.parent.parent.name, verbose=False)
+    if imgsz:
+        kw["imgsz"] = imgsz
+    if device is not None:
+        kw["device"] = device
+    metrics = model.val(**kw)
+    save_dir = holder["save_dir"]
+    pred_json = save_dir / "predictions.json"
+    ul = {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50),
+          "precision": float(metrics.box.mp), "recall": float(metrics.box.mr)}
+    if not pred_json.is_file():  # Ultralytics writes it only when there were predictions
+        pred_json.write_text("[]")
+    pc = evaluate(pred_json, gt_json, ultralytics_class_map(rd.data, rd.nc),
+                  None if coco_json and rd.category_ids is None else rd.category_ids, rd.names,
+                  image_files=image_files(rd.root, rd.data["val"]))
+    return {
+        **ul,
+        "pycocotools": {k: pc[k] for k in ("map50_95", "map50", "stats", "n_images", "n_predictions",
+                                           "unmatched_predictions", "images_not_in_gt")},
+        "difference": {"map50_95": round(ul["map50_95"] - pc["map50_95"], 4),
+                       "map50": round(ul["map50"] - pc["map50"], 4)},
+        "params": sum(p.numel() for p in model.model.parameters()), "imgsz": holder.get("imgsz"),
+        "weights": str(weights), "data": str(rd.source), "data_resolved": str(rd.yaml_path), "coco_json": str(gt_json),
+        "predictions_json": str(pred_json), "save_dir": str(save_dir), "conf": conf, "iou": iou,
+        "speed_ms": {k: round(float(v), 2) for k, v in getattr(metrics, "speed", {}).items()},
+    }
