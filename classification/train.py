@@ -495,6 +495,8 @@ def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> H
 
     if args.model not in list_models():  # fail fast, before indexing a large dataset
         build_model(args, 1)
+    if args.test_only and not (args.weights or args.resume):
+        raise UserError("--test-only needs the weights to evaluate: pass --weights FILE or --resume CHECKPOINT")
     root = resolve_data(args)
     train_ds, val_ds = load_datasets(root, args)
     classes = (train_ds or val_ds).classes

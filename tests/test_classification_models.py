@@ -137,10 +137,11 @@ def test_memory_stages_cover_the_forward_pass_in_order(name):
 
 # parameter counts at 1000 classes. The seed's unit ('seed' style: a BatchNorm on every shortcut) matches the seed's
 # table, which counts in units of 2^20 (ResNet34-DERO 21,645,806 / 2^20 = 20.64). The default style drops the
-# BatchNorm of identity and zero-padded shortcuts ('identity' style).
+# BatchNorm of identity and zero-padded shortcuts and adds one before the classifier's pooling
+# ('identity-headnorm').
 @pytest.mark.parametrize("name, seed_style, default_style", [
-    ("resnet34dero", 21_645_806, 21_632_494), ("resnet50dero", 22_844_654, 22_808_558),
-    ("mcunet_dero_v4", 760_158, 747_550), ("densenet121_dero", 7_949_542, 7_945_550)])
+    ("resnet34dero", 21_645_806, 21_633_518), ("resnet50dero", 22_844_654, 22_812_654),
+    ("mcunet_dero_v4", 760_158, 747_870), ("densenet121_dero", 7_949_542, 7_947_598)])
 def test_dero_parameter_counts_per_style(name, seed_style, default_style):
     assert count_params(get_model(name, style="seed")) == seed_style
     assert int(seed_style / 2**20 * 100) / 100 == {"resnet34dero": 20.64, "resnet50dero": 21.78,
@@ -154,3 +155,12 @@ def test_default_style_identity_shortcuts_carry_no_batchnorm():
             if isinstance(m, DeroUnit):
                 changes = m.s != 1 or m.c_in > m.c_out
                 assert isinstance(m.shortcut.bn, nn.BatchNorm2d) == changes, name
+
+
+def test_default_style_has_a_head_batchnorm_that_the_seed_style_lacks():
+    for name, width in (("resnet34dero", 512), ("mcunet_dero_v4", 160), ("densenet121_dero", 1024),
+                        ("resnet34plain", 512)):
+        head = get_model(name).head_norm
+        assert isinstance(head, nn.BatchNorm2d) and head.num_features == width, name
+        assert isinstance(get_model(name, style="seed").head_norm, nn.Identity), name
+    assert isinstance(get_model("mcunet_v4").head_norm, nn.Identity)  # the originals are untouched

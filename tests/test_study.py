@@ -145,3 +145,15 @@ def test_study_command_trains_records_and_skips_done_runs(tmp_path, monkeypatch,
     capsys.readouterr()
     assert study.main(argv) == 0
     assert capsys.readouterr().out.count("done already") == 2
+
+
+def test_test_only_without_weights_is_refused(tiny, tmp_path):
+    with pytest.raises(T.UserError, match="--test-only needs"):
+        T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path, "--test-only")))
+
+
+def test_training_speed_times_every_arm(tmp_path):
+    rates = study.training_speed("mcunet_v4", imgsz=32, batch=2, steps=1, rounds=1)
+    assert set(rates) == {"original", "plain", "dero", "dero-seed"} and all(r > 0 for r in rates.values())
+    md = study.write_speed(tmp_path, ["mcunet_v4"], imgsz=32, batch=2, steps=1, rounds=1).read_text()
+    assert "| mcunet_v4 |" in md and "dero / original" in md

@@ -39,15 +39,18 @@ CLS_ARCHS = {
 # arm -> (variant, extra train.py options); "kd" arms distil from the same seed's trained original
 CLS_ARMS: Dict[str, tuple] = {
     "original": ("original", []),
-    "plain": ("plain", ["--dero-style", "default"]),
+    "plain": ("plain", ["--dero-style", "identity"]),
     "dero": ("dero", ["--dero-style", "default"]),
     "dero-seed": ("dero", ["--dero-style", "seed"]),
     "dero-identity": ("dero", ["--dero-style", "identity"]),
     "dero-post": ("dero", ["--dero-style", "post"]),
+    "dero-headnorm": ("dero", ["--dero-style", "identity-headnorm"]),
+    "dero-headnorm-kd": ("dero", ["--dero-style", "identity-headnorm"]),
     "plain-post": ("plain", ["--dero-style", "post"]),
     "dero-seed-gain0": ("dero", ["--dero-style", "seed", "--shortcut-gain", "0"]),
     "dero-gain0": ("dero", ["--dero-style", "default", "--shortcut-gain", "0"]),
     "dero-kd": ("dero", ["--dero-style", "default"]),
+    "dero-identity-kd": ("dero", ["--dero-style", "identity"]),
     "plain-kd": ("plain", []),
 }
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
@@ -266,7 +269,8 @@ def load_runs(out: Path) -> Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]
     return runs
 
 
-ARM_ORDER = ["original", "plain", "plain-post", "plain-kd", "dero", "dero-kd", "dero-identity", "dero-post",
+ARM_ORDER = ["original", "plain", "plain-post", "plain-kd", "dero", "dero-kd", "dero-headnorm", "dero-headnorm-kd",
+             "dero-identity", "dero-identity-kd", "dero-post",
              "dero-gain0", "dero-seed", "dero-seed-gain0"]
 
 

@@ -98,15 +98,16 @@ class DeroDenseNet(nn.Module):
             c_in = c_trans
             self.memory_stages[f"denseblock{i}"] = [f"features.denseblock{i}", f"features.transition{i}"]
         self.features = nn.Sequential(features)
+        self.head_norm = nn.BatchNorm2d(c_in) if style.head_norm else nn.Identity()
         self.relu = nn.ReLU()  # not in place: in the plain twin its input is the last unit's ReLU output
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_in, num_classes)
-        self.memory_stages["head"] = ["relu", "avgpool", "classifier"]
+        self.memory_stages["head"] = ["head_norm", "relu", "avgpool", "classifier"]
         init_weights(self, conv_mode="fan_in")
         init_shortcuts(self, style)
 
     def forward(self, x):
-        x = self.relu(self.features(x))
+        x = self.relu(self.head_norm(self.features(x)))
         return self.classifier(self.avgpool(x).flatten(1))
 
 

@@ -87,13 +87,14 @@ class MCUNet(nn.Module):
         block: ``block(c_in, c_out, stride, expand_ratio, kernel)`` -> one block.
         num_classes: classifier outputs.
         blocks: rows ``(t, c, n, s, k)``; a stride-2 row starts a new stage.
+        head_norm: a BatchNorm before the global pooling (DERO styles with ``head_norm``).
 
     Input: ``(N, 3, H, W)`` with ``H, W >= 32``; output ``(N, num_classes)``.
     """
 
     def __init__(self, stem: Callable[[int, int], nn.Module], block: Callable[..., nn.Module],
                  num_classes: int = 1000,
-                 blocks: Sequence[Tuple[int, int, int, int, int]] = MCUNET_V4_BLOCKS):
+                 blocks: Sequence[Tuple[int, int, int, int, int]] = MCUNET_V4_BLOCKS, head_norm: bool = False):
         super().__init__()
         stages: List[List[nn.Module]] = []
         c_in = STEM_CHANNELS
@@ -107,15 +108,16 @@ class MCUNet(nn.Module):
         self.features = nn.Sequential(OrderedDict(
             [("stem", stem(3, STEM_CHANNELS))]
             + [(f"stage{i + 1}", nn.Sequential(*stage)) for i, stage in enumerate(stages)]))
+        self.head_norm = nn.BatchNorm2d(c_in) if head_norm else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_in, num_classes)
         self.memory_stages = OrderedDict(
             [(name, [f"features.{name}"]) for name, _ in self.features.named_children()]
-            + [("head", ["avgpool", "classifier"])])
+            + [("head", ["head_norm", "avgpool", "classifier"])])
         init_weights(self, conv_mode="fan_out", linear_std=0.01)
 
     def forward(self, x):
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+        return self.classifier(self.avgpool(self.head_norm(self.features(x))).flatten(1))
 
 
 def _original_stem(c_in: int, c_out: int) -> nn.Module:
@@ -133,7 +135,7 @@ def _dero_mcunet(num_classes: int, shortcut: bool, style=None) -> MCUNet:
     def block(c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int) -> nn.Module:
         return DeroInvertedResidual(c_in, c_out, stride, expand_ratio, kernel, **sc)
 
-    model = MCUNet(stem, block, num_classes)
+    model = MCUNet(stem, block, num_classes, head_norm=style.head_norm)
     init_shortcuts(model, style)
     return model
 

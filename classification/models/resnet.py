@@ -125,17 +125,18 @@ class DeroResNet(nn.Module):
                 block_index += 1
             self.add_module(_STAGES[stage], nn.Sequential(*blocks))
 
+        self.head_norm = nn.BatchNorm2d(c_in) if style.head_norm else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
         self.memory_stages = OrderedDict([("stem", ["stem"]), *((s, [s]) for s in _STAGES),
-                                          ("head", ["avgpool", "fc"])])
+                                          ("head", ["head_norm", "avgpool", "fc"])])
         init_weights(self, conv_mode="fan_out", linear=False)
         init_shortcuts(self, style)
 
     def forward(self, x):
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(self.avgpool(x).flatten(1))
+        return self.fc(self.avgpool(self.head_norm(x)).flatten(1))
 
 
 @register_model()

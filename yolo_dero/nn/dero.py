@@ -39,11 +39,15 @@ class DeroStyle:
         norm: where the operator's BatchNorm sits: ``"pre"`` (``act(conv(bn_in(x)))``, conv with bias: the seed's
             unit) or ``"post"`` (``act(bn(conv(x)))``, conv without bias: the conv's scale no longer matters, as in
             the original networks, which keeps depthwise and thin convolutions trainable at high learning rates).
+        head_norm: a BatchNorm on the last feature map before the classifier's global pooling. Identity shortcuts
+            let the features' scale grow with depth; the head BatchNorm keeps the logits' scale fixed (as the final
+            BN-ReLU of a pre-activation ResNet). At deployment it folds into the linear classifier.
     """
 
     shortcut_norm: str = "all"
     shortcut_gain: float = 1.0
     norm: str = "pre"
+    head_norm: bool = False
 
     def __post_init__(self):
         if self.shortcut_norm not in ("all", "changes", "strided", "none"):
@@ -53,14 +57,15 @@ class DeroStyle:
 
 
 # "seed": the unit exactly as the seed trains it; "identity": the seed's pre-norm unit with exact identity shortcuts;
-# "post": identity shortcuts and the BatchNorm after the conv; "default": the accuracy study's winner
-# (results/study/accuracy_study.md).
+# "identity-headnorm": identity shortcuts and a BatchNorm before the classifier's pooling; "post": identity shortcuts
+# and the BatchNorm after the conv; "default": the accuracy study's winner (results/study/accuracy_study.md).
 DERO_STYLES: Dict[str, DeroStyle] = {
     "seed": DeroStyle(shortcut_norm="all", norm="pre"),
     "identity": DeroStyle(shortcut_norm="changes", norm="pre"),
     "post": DeroStyle(shortcut_norm="changes", norm="post"),
+    "identity-headnorm": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True),
 }
-DERO_STYLES["default"] = DERO_STYLES["identity"]
+DERO_STYLES["default"] = DERO_STYLES["identity-headnorm"]
 
 
 def get_style(style: Union[str, DeroStyle, None] = None, **overrides) -> DeroStyle:

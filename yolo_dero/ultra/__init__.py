@@ -14,6 +14,8 @@ patch_ultralytics()
 
 from .model import CheckpointError, DeroDetectionModel, DeroDetectionTrainer, DeroYOLO, check_checkpoint  # noqa: E402
 from .parser import ModelConfigError, build_model, load_model_yaml, resolve_model_yaml  # noqa: E402
+from .evaluate import evaluate_detector  # noqa: E402
 
 __all__ = ["DeroYOLO", "DeroDetectionModel", "DeroDetectionTrainer", "CheckpointError", "ModelConfigError",
-           "check_checkpoint", "build_model", "load_model_yaml", "resolve_model_yaml", "setup_environment"]
+           "check_checkpoint", "build_model", "load_model_yaml", "resolve_model_yaml", "setup_environment",
+           "evaluate_detector"]
