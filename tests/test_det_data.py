@@ -79,6 +79,22 @@ def test_data_yaml_found_relative_to_repo(monkeypatch, tmp_path):
     assert find_data_yaml("data/coco.yaml") == REPO_ROOT / "data" / "coco.yaml"
     with pytest.raises(DatasetError, match="nope.yaml"):
         find_data_yaml("data/nope.yaml")
+    assert find_data_yaml("shapes") == find_data_yaml("shapes.yaml") == REPO_ROOT / "data" / "shapes.yaml"
+    # a mistyped path never falls back to the project's own file of the same name
+    for wrong in ("/nonexistent/shapes.yaml", "elsewhere/shapes.yaml"):
+        with pytest.raises(DatasetError, match="not found"):
+            find_data_yaml(wrong)
+
+
+def test_builtin_photo_digits_yaml_resolves_to_the_real_image_set(monkeypatch, tmp_path):
+    from yolo_dero.datasets import resolve_data
+
+    monkeypatch.setenv("DERO_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "pd.yaml"
+    src.write_text("builtin: photo_digits\ncache_name: pd\nn_train: 4\nn_val: 2\nimgsz: 64\nseed: 0\n")
+    rd = resolve_data(src)
+    assert rd.nc == 10 and rd.root == tmp_path / "cache" / "pd" and rd.coco_json.is_file()
+    assert len(list((rd.root / "images" / "train").glob("*.jpg"))) == 4
 
 
 def test_coco_yaml_has_no_download_and_the_80_to_91_map():

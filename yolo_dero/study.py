@@ -111,7 +111,7 @@ def run_cls(arch: str, arm: str, seed: int, args) -> Dict[str, Any]:
         history, diverged = e.history or T.History(), str(e)
     epochs = [vars(e) for e in history.epochs]
     if diverged:  # the diverged epoch scores chance
-        chance = 100.0 / 10
+        chance = 100.0 / (history.num_classes or 10)
         epochs.append({"epoch": len(epochs), "acc1": chance, "acc5": 50.0, "train_loss": None,
                        "first_loss": epochs[0]["first_loss"] if epochs else None,
                        "train_seconds": 0.0, "train_images": 0, "lr": None})

@@ -43,11 +43,13 @@ class ResolvedData:
 
 
 def find_data_yaml(data: str | Path) -> Path:
-    """A data YAML as given (relative to cwd), else relative to the repository, else in ``<repo>/data``."""
+    """A data YAML as given (relative to cwd), else relative to the repository; a bare name (``shapes.yaml``,
+    ``shapes``) is also looked up in ``<repo>/data``. A path with folders that does not exist is an error, never a
+    silent fall-back to the project's own copy of a file with the same name."""
     p = Path(data).expanduser()
-    cands = [p, REPO_ROOT / p, REPO_ROOT / "data" / p.name]
-    if not p.suffix:
-        cands += [REPO_ROOT / "data" / f"{p.name}.yaml"]
+    cands = [p] if p.is_absolute() else [p, REPO_ROOT / p]
+    if len(p.parts) == 1:
+        cands += [REPO_ROOT / "data" / p.name] + ([REPO_ROOT / "data" / f"{p.name}.yaml"] if not p.suffix else [])
     for c in cands:
         if c.is_file():
             return c.resolve()
@@ -126,13 +128,17 @@ def resolve_data(data: str | Path, data_path: str | Path | None = None, splits: 
     if not isinstance(d, dict):
         raise DatasetError(f"{source}: not a data YAML (top level must be a mapping)")
     if d.get("builtin"):
-        if d["builtin"] != "shapes":
-            raise DatasetError(f"{source}: unknown built-in dataset {d['builtin']!r} (known: 'shapes')")
+        from .photo_digits_det import DEFAULTS as PD_DEFAULTS
+        from .photo_digits_det import generate_photo_digits_det
         from .shapes import DEFAULTS, generate_shapes
 
-        root = Path(data_path).resolve() if data_path else cache_dir() / str(d.get("cache_name", "shapes"))
-        kw = {k: int(d.get(k, v)) for k, v in DEFAULTS.items()}
-        gen_yaml = generate_shapes(root, **kw)
+        builtins = {"shapes": (generate_shapes, DEFAULTS), "photo_digits": (generate_photo_digits_det, PD_DEFAULTS)}
+        if d["builtin"] not in builtins:
+            raise DatasetError(f"{source}: unknown built-in dataset {d['builtin']!r} (known: {sorted(builtins)})")
+        generate, defaults = builtins[d["builtin"]]
+        root = Path(data_path).resolve() if data_path else cache_dir() / str(d.get("cache_name", d["builtin"]))
+        kw = {k: int(d.get(k, v)) for k, v in defaults.items()}
+        gen_yaml = generate(root, **kw)
         with open(gen_yaml, encoding="utf-8") as f:
             d = yaml.safe_load(f)
         source_for_msgs = source
