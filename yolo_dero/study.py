@@ -36,7 +36,8 @@ CLS_ARCHS = {
     "resnet50": {"original": "resnet50", "plain": "resnet50plain", "dero": "resnet50dero"},
     "densenet121": {"original": "densenet121", "plain": "densenet121_plain", "dero": "densenet121_dero"},
 }
-# arm -> (variant, extra train.py options); "kd" arms distil from the same seed's trained original
+# arm -> (variant, extra train.py options); "kd" arms distil from the same seed's trained original. Arms named after
+# a style ("dero-headnorm", "dero-identity") keep their meaning when the default style changes; "dero" is the default.
 CLS_ARMS: Dict[str, tuple] = {
     "original": ("original", []),
     "plain": ("plain", ["--dero-style", "identity"]),

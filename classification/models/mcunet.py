@@ -154,5 +154,5 @@ def mcunet_dero_v4(num_classes: int = 1000, style=None):
 
 @register_model()
 def mcunet_plain_v4(num_classes: int = 1000, style=None):
-    """Plain twin of MCUNet-DERO v4: the same units with no shortcuts (``style`` is accepted and has no effect)."""
+    """Plain twin of MCUNet-DERO v4: the same units with no shortcuts (``style`` sets their norm and the head norm)."""
     return _dero_mcunet(num_classes, shortcut=False, style=style)

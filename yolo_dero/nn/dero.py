@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ActivationSpec = Union[None, bool, str, nn.Module, Callable[[], nn.Module]]
-ShortcutNorm = Union[bool, str]  # True / "all", False / "none", or "changes"
+ShortcutNorm = Union[bool, str]  # True / "all", False / "none", "changes" or "strided"
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class DeroStyle:
         shortcut_norm: where the shortcut has its own BatchNorm: ``"all"`` (every unit, the seed's unit),
             ``"changes"`` (only where ``S`` changes the statistics of ``x``: a strided sum-pool or a channel fold;
             identity and zero-padded shortcuts stay exact identities, so gradients pass through a chain of units
-            unscaled, as in a residual network) or ``"none"``.
+            unscaled, as in a residual network), ``"strided"`` (only after a sum-pool; tried for MCUNet, the signal
+            grows without bound) or ``"none"``.
         shortcut_gain: initial weight of the shortcut BatchNorms (0 starts the network as its plain twin).
         norm: where the operator's BatchNorm sits: ``"pre"`` (``act(conv(bn_in(x)))``, conv with bias: the seed's
             unit) or ``"post"`` (``act(bn(conv(x)))``, conv without bias: the conv's scale no longer matters, as in
@@ -245,8 +246,8 @@ class DeroUnit(nn.Module):
         act: activation after the conv (``"relu"``, ``"relu6"``, ``"silu"``, a module, or None for
             a linear layer).
         shortcut: False builds the plain twin (no shortcut, no shortcut parameters).
-        shortcut_bn: whether the shortcut has its own BatchNorm: True/``"all"``, False/``"none"``, or
-            ``"changes"`` (only where ``S`` sum-pools or folds; see :class:`DeroStyle`).
+        shortcut_bn: whether the shortcut has its own BatchNorm: True/``"all"``, False/``"none"``,
+            ``"changes"`` (only where ``S`` sum-pools or folds) or ``"strided"`` (see :class:`DeroStyle`).
         drop_path: stochastic-depth probability on the conv branch.
         norm: ``"pre"`` (``bn_in`` before the conv, conv with bias) or ``"post"`` (``bn`` after a bias-free conv);
             see :class:`DeroStyle`.
