@@ -53,6 +53,9 @@ CLS_ARMS: Dict[str, tuple] = {
     "dero-kd": ("dero", ["--dero-style", "default"]),
     "dero-identity-kd": ("dero", ["--dero-style", "identity"]),
     "plain-kd": ("plain", []),
+    "dero-rep": ("dero", ["--dero-style", "rep"]),
+    "dero-rep-pre": ("dero", ["--dero-style", "rep-pre"]),
+    "plain-rep": ("plain", ["--dero-style", "rep"]),
 }
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
             "dero-seed": "cfg/yolov5n-dero-seed.yaml"}
@@ -271,7 +274,7 @@ def load_runs(out: Path) -> Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]
 
 
 ARM_ORDER = ["original", "plain", "plain-post", "plain-kd", "dero", "dero-kd", "dero-headnorm", "dero-headnorm-kd",
-             "dero-identity", "dero-identity-kd", "dero-post",
+             "dero-identity", "dero-identity-kd", "dero-post", "plain-rep", "dero-rep", "dero-rep-pre",
              "dero-gain0", "dero-seed", "dero-seed-gain0"]
 
 

@@ -43,7 +43,7 @@ def _unit(c_in: int, c_out: int, k: int, shortcut: bool, style: DeroStyle = DERO
     """A DenseNet DERO unit: ReLU, padding k // 2. The seed's DenseNet (``shortcut_norm="all"``) gives the shortcut
     a BatchNorm only where channels change; other styles follow :class:`~yolo_dero.nn.DeroStyle`."""
     bn = c_in != c_out if style.shortcut_norm == "all" else style.shortcut_norm
-    return DeroUnit(c_in, c_out, k=k, act="relu", shortcut=shortcut, shortcut_bn=bn, norm=style.norm)
+    return DeroUnit(c_in, c_out, k=k, act="relu", shortcut=shortcut, **{**style.unit_kwargs(), "shortcut_bn": bn})
 
 
 class DeroDenseLayer(nn.Sequential):
@@ -75,11 +75,11 @@ class DeroDenseNet(nn.Module):
                  transitions: Sequence[int] = (128, 256, 512, 1024), style=None):
         super().__init__()
         style = get_style(style)
-        norm = style.shortcut_norm
         features: "OrderedDict[str, nn.Module]" = OrderedDict()
         features["stem"] = nn.Sequential(OrderedDict([
-            ("conv", DeroUnit(3, 64, k=7, s=2, act="relu", shortcut=shortcut, shortcut_bn=norm, norm=style.norm)),
-            ("pool", DeroPool(64, k=3, s=2, mode="max", shortcut=shortcut, shortcut_bn=norm)),
+            ("conv", DeroUnit(3, 64, k=7, s=2, act="relu", shortcut=shortcut, **style.unit_kwargs())),
+            ("pool", DeroPool(64, k=3, s=2, mode="max", shortcut=shortcut and style.pool_shortcut,
+                              shortcut_bn=style.shortcut_norm)),
         ]))
         self.memory_stages = OrderedDict([("stem", ["features.stem"])])
         c_in = 64

@@ -68,9 +68,9 @@ class DeroInvertedResidual(nn.Sequential):
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int,
-                 shortcut: bool = True, shortcut_bn="all", norm: str = "pre"):
+                 shortcut: bool = True, shortcut_bn="all", norm: str = "pre", act_after_add: bool = False):
         mid = c_in * expand_ratio
-        sc = dict(shortcut=shortcut, shortcut_bn=shortcut_bn, norm=norm)
+        sc = dict(shortcut=shortcut, shortcut_bn=shortcut_bn, norm=norm, act_after_add=act_after_add)
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()
         if expand_ratio != 1:
             layers["expand"] = DeroUnit(c_in, mid, k=1, act="relu6", **sc)
@@ -127,7 +127,7 @@ def _original_stem(c_in: int, c_out: int) -> nn.Module:
 def _dero_mcunet(num_classes: int, shortcut: bool, style=None) -> MCUNet:
     """The DERO form (``shortcut=True``) or its plain twin (``shortcut=False``) in a :class:`DeroStyle`."""
     style = get_style(style)
-    sc = dict(shortcut=shortcut, shortcut_bn=style.shortcut_norm, norm=style.norm)
+    sc = dict(shortcut=shortcut, **style.unit_kwargs())
 
     def stem(c_in: int, c_out: int) -> nn.Module:
         return DeroUnit(c_in, c_out, k=3, s=2, act="relu6", **sc)

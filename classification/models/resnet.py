@@ -55,8 +55,9 @@ class DeroBasicBlock(nn.Sequential):
     expansion = 1
 
     def __init__(self, c_in: int, width: int, stride: int = 1, shortcut: bool = True,
-                 drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre"):
-        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn, norm=norm)
+                 drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre", act_after_add: bool = False):
+        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn, norm=norm,
+                    act_after_add=act_after_add)
         super().__init__(OrderedDict([
             ("conv1", DeroUnit(c_in, width, k=3, s=stride, **unit)),
             ("conv2", DeroUnit(width, width, k=3, **unit)),
@@ -72,8 +73,9 @@ class DeroBottleneck(nn.Sequential):
     expansion = 4
 
     def __init__(self, c_in: int, width: int, stride: int = 1, shortcut: bool = True,
-                 drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre"):
-        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn, norm=norm)
+                 drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre", act_after_add: bool = False):
+        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn, norm=norm,
+                    act_after_add=act_after_add)
         super().__init__(OrderedDict([
             ("conv1", DeroUnit(c_in, width, k=1, **unit)),
             ("conv2", DeroUnit(width, width, k=3, s=stride, **unit)),
@@ -102,14 +104,15 @@ class DeroResNet(nn.Module):
                  style: Union[str, DeroStyle, None] = None):
         super().__init__()
         style = get_style(style)
-        sc = dict(shortcut=shortcut, shortcut_bn=style.shortcut_norm)
+        sc = dict(shortcut=shortcut, **style.unit_kwargs())
         if drop_path_rate > 0 and not shortcut:
             raise ValueError("drop_path_rate needs shortcuts; the plain twin has none")
         # each stem operator is its own DERO unit (the seed's one shortcut around both would make the
         # image outlive the 7x7 conv and raise the stem's peak memory)
         self.stem = nn.Sequential(OrderedDict([
-            ("conv", DeroUnit(3, 64, k=7, s=2, act="relu", norm=style.norm, **sc)),
-            ("pool", DeroPool(64, k=3, s=2, mode="max", **sc)),
+            ("conv", DeroUnit(3, 64, k=7, s=2, act="relu", **sc)),
+            ("pool", DeroPool(64, k=3, s=2, mode="max", shortcut=shortcut and style.pool_shortcut,
+                              shortcut_bn=style.shortcut_norm)),
         ]))
 
         n_blocks = sum(layers)
@@ -120,7 +123,7 @@ class DeroResNet(nn.Module):
             for i in range(n):
                 rate = drop_path_rate * block_index / max(n_blocks - 1, 1)
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(block(c_in, width, stride, drop_path=rate, norm=style.norm, **sc))
+                blocks.append(block(c_in, width, stride, drop_path=rate, **sc))
                 c_in = width * block.expansion
                 block_index += 1
             self.add_module(_STAGES[stage], nn.Sequential(*blocks))

@@ -2,6 +2,7 @@
 
 from .dero import (DERO_STYLES, DeroPool, DeroStyle, DeroUnit, DropPath, Shortcut, exportable_shortcuts,
                    fold_channels, get_style, init_shortcuts, make_activation)
+from .reparam import FoldedUnit, NotFoldableError, fold_unit, reparameterize
 
 __all__ = ["DeroUnit", "DeroPool", "DeroStyle", "DERO_STYLES", "get_style", "init_shortcuts", "Shortcut", "DropPath",
-           "exportable_shortcuts", "fold_channels", "make_activation"]
+           "exportable_shortcuts", "fold_channels", "make_activation", "FoldedUnit", "NotFoldableError", "fold_unit", "reparameterize"]

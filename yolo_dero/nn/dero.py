@@ -4,7 +4,11 @@ A classic residual block ``y = x + F(x)`` keeps ``x`` alive while every operator
 A DERO unit wraps a *single* operator, so its shortcut reads the same input the operator reads anyway
 and no tensor outlives the plain network's:
 
-    y = drop_path(act(conv(bn_in(x)))) + bn_sc(S(x))
+    y = drop_path(act(conv(bn_in(x)))) + bn_sc(S(x))          (the seed's form)
+    y = act(drop_path(conv(bn_in(pad(x)))) + bn_sc(S(x)))     (``act_after_add``: re-parameterizable)
+
+In the second form everything inside ``act`` is affine in ``x`` once trained, so the unit folds into one
+convolution (:func:`yolo_dero.nn.reparam.reparameterize`) and the deployed network *is* a plain network.
 
 ``S`` is parameter-free and reshapes ``x`` to the operator's output shape (see :class:`Shortcut`).
 With ``shortcut=False`` the unit is its *plain twin* ``act(conv(bn_in(x)))``: the same layer with no
@@ -43,12 +47,18 @@ class DeroStyle:
         head_norm: a BatchNorm on the last feature map before the classifier's global pooling. Identity shortcuts
             let the features' scale grow with depth; the head BatchNorm keeps the logits' scale fixed (as the final
             BN-ReLU of a pre-activation ResNet). At deployment it folds into the linear classifier.
+        act_after_add: the activation follows the add (``act(branch + shortcut)``), and a pre-norm unit pads before
+            ``bn_in``, so a trained unit folds exactly into one convolution (the re-parameterizable form).
+        pool_shortcut: whether pooling operators (the ResNet/DenseNet stem max-pool) get a shortcut; a max-pool plus
+            a sum-pool is not one operator, so the re-parameterizable styles keep pools plain.
     """
 
     shortcut_norm: str = "all"
     shortcut_gain: float = 1.0
     norm: str = "pre"
     head_norm: bool = False
+    act_after_add: bool = False
+    pool_shortcut: bool = True
 
     def __post_init__(self):
         if self.shortcut_norm not in ("all", "changes", "strided", "none"):
@@ -56,15 +66,24 @@ class DeroStyle:
         if self.norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {self.norm!r}")
 
+    def unit_kwargs(self) -> Dict[str, object]:
+        """The :class:`DeroUnit` keyword arguments this style sets (``shortcut_bn``, ``norm``, ``act_after_add``)."""
+        return dict(shortcut_bn=self.shortcut_norm, norm=self.norm, act_after_add=self.act_after_add)
+
 
 # "seed": the unit exactly as the seed trains it; "identity": the seed's pre-norm unit with exact identity shortcuts;
 # "identity-headnorm": identity shortcuts and a BatchNorm before the classifier's pooling; "post": identity shortcuts
-# and the BatchNorm after the conv; "default": the accuracy study's winner (results/study/accuracy_study.md).
+# and the BatchNorm after the conv; "rep" / "rep-pre": the re-parameterizable form (activation after the add, pools
+# plain) with the BatchNorm after / before the conv; "default": the accuracy study's winner
+# (results/study/accuracy_study.md).
 DERO_STYLES: Dict[str, DeroStyle] = {
     "seed": DeroStyle(shortcut_norm="all", norm="pre"),
     "identity": DeroStyle(shortcut_norm="changes", norm="pre"),
     "post": DeroStyle(shortcut_norm="changes", norm="post"),
     "identity-headnorm": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True),
+    "rep": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True, pool_shortcut=False),
+    "rep-pre": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, act_after_add=True,
+                         pool_shortcut=False),
 }
 DERO_STYLES["default"] = DERO_STYLES["identity-headnorm"]
 
@@ -238,7 +257,8 @@ class Shortcut(nn.Module):
 
 
 class DeroUnit(nn.Module):
-    """One operator with a residual around it alone: ``y = drop_path(act(conv(bn_in(x)))) + bn_sc(S(x))``.
+    """One operator with a residual around it alone: ``y = drop_path(act(conv(bn_in(x)))) + bn_sc(S(x))``,
+    or ``y = act(drop_path(conv(bn_in(pad(x)))) + bn_sc(S(x)))`` with ``act_after_add``.
 
     Args:
         c_in, c_out: input and output channels.
@@ -251,6 +271,9 @@ class DeroUnit(nn.Module):
         drop_path: stochastic-depth probability on the conv branch.
         norm: ``"pre"`` (``bn_in`` before the conv, conv with bias) or ``"post"`` (``bn`` after a bias-free conv);
             see :class:`DeroStyle`.
+        act_after_add: apply ``act`` after the add; a pre-norm unit then zero-pads ``x`` *before* ``bn_in`` (the
+            conv itself has no padding), so the trained unit folds exactly into one convolution: the conv's zero
+            padding and the sum-pool's both pad ``x``, and everything inside ``act`` is affine.
 
     Shapes: ``(N, c_in, H, W) -> (N, c_out, H_out, W_out)`` with the conv's usual output size.
     At inference an engine computes ``S(x)`` while reading ``x`` for the conv and accumulates it into
@@ -261,24 +284,30 @@ class DeroUnit(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1, p: Optional[int] = None,
                  groups: int = 1, act: ActivationSpec = "relu", shortcut: bool = True,
-                 shortcut_bn: ShortcutNorm = True, drop_path: float = 0.0, norm: str = "pre"):
+                 shortcut_bn: ShortcutNorm = True, drop_path: float = 0.0, norm: str = "pre",
+                 act_after_add: bool = False):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
         p = k // 2 if p is None else p
         self.c_in, self.c_out, self.k, self.s = c_in, c_out, k, s
+        self.act_after_add = act_after_add
+        # the re-parameterizable pre-norm unit pads x itself, before bn_in (see act_after_add above)
+        self.pad = p if act_after_add and norm == "pre" else 0
         self.bn_in = nn.BatchNorm2d(c_in) if norm == "pre" else nn.Identity()
-        self.conv = nn.Conv2d(c_in, c_out, k, s, p, groups=groups, bias=norm == "pre")
+        self.conv = nn.Conv2d(c_in, c_out, k, s, p - self.pad, groups=groups, bias=norm == "pre")
         self.bn = nn.BatchNorm2d(c_out) if norm == "post" else nn.Identity()
         self.act = make_activation(act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.shortcut = Shortcut(c_in, c_out, k, s, p, bn=shortcut_bn) if shortcut else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.drop_path(self.act(self.bn(self.conv(self.bn_in(x)))))
+        z = F.pad(x, (self.pad,) * 4) if self.pad else x
+        z = self.drop_path(self.bn(self.conv(self.bn_in(z)))) if self.act_after_add \
+            else self.drop_path(self.act(self.bn(self.conv(self.bn_in(z)))))
         if self.shortcut is not None:
-            y = y + self.shortcut(x)
-        return y
+            z = z + self.shortcut(x)
+        return self.act(z) if self.act_after_add else z
 
 
 class DeroPool(nn.Module):

@@ -41,14 +41,16 @@ class DeroConv(DeroUnit):
     """A YOLO convolution as one DERO unit: ``y = SiLU(conv(bn_in(x))) + bn_sc(S(x))``.
 
     Args follow Ultralytics' ``Conv``: ``c1, c2, k=1, s=1, p=None`` (padding ``k // 2`` by default), plus
-    ``shortcut`` (False: the plain twin), ``drop_path`` and ``shortcut_bn`` (see :class:`~yolo_dero.nn.DeroStyle`).
+    ``shortcut`` (False: the plain twin), ``drop_path``, and the style's ``shortcut_bn``, ``norm`` and
+    ``act_after_add`` (see :class:`~yolo_dero.nn.DeroStyle`).
     Shapes: ``(N, c1, H, W) -> (N, c2, H_out, W_out)``.
     """
 
     def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: Optional[int] = None,
-                 shortcut: bool = True, drop_path: float = 0.0, shortcut_bn="all"):
+                 shortcut: bool = True, drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre",
+                 act_after_add: bool = False):
         super().__init__(c1, c2, k=k, s=s, p=p, act=YOLO_ACT, shortcut=shortcut, drop_path=drop_path,
-                         shortcut_bn=shortcut_bn)
+                         shortcut_bn=shortcut_bn, norm=norm, act_after_add=act_after_add)
 
 
 class DeroC3(nn.Sequential):
@@ -56,13 +58,14 @@ class DeroC3(nn.Sequential):
 
     Args follow Ultralytics' ``C3``: ``c1, c2, n=1, shortcut=True, e=0.5``; hidden width ``c_ = int(c2 * e)``.
     ``shortcut=False`` builds the plain chain. ``2 + 2 n`` units in all, each a one-operator residual.
+    ``**style``: the units' style keywords (:meth:`~yolo_dero.nn.DeroStyle.unit_kwargs`), as for :class:`DeroConv`.
     Shapes: ``(N, c1, H, W) -> (N, c2, H, W)``.
     """
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, e: float = 0.5,
-                 drop_path: float = 0.0, shortcut_bn="all"):
+                 drop_path: float = 0.0, **style):
         c_ = int(c2 * e)
-        unit = dict(shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn)
+        unit = dict(shortcut=shortcut, drop_path=drop_path, **style)
         units = [DeroConv(c1, c_, 1, **unit)]
         for _ in range(n):
             units.append(DeroConv(c_, c_, 1, **unit))
@@ -81,10 +84,10 @@ class DeroC3Seed(nn.Module):
     """
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, e: float = 0.5,
-                 drop_path: float = 0.0, shortcut_bn="all"):
+                 drop_path: float = 0.0, **style):
         super().__init__()
         c_ = int(c2 * e)
-        unit = dict(shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn)
+        unit = dict(shortcut=shortcut, drop_path=drop_path, **style)
         self.cv1 = DeroConv(c1, c_, 1, **unit)
         self.cv2 = DeroConv(c1, c_, 1, **unit)
         self.m = nn.Sequential(*(DeroConv(c_, c_, k, **unit) for _ in range(n) for k in (1, 3)))
@@ -100,11 +103,11 @@ class DeroSPPF(nn.Module):
     Shapes: ``(N, c1, H, W) -> (N, c2, H, W)``.
     """
 
-    def __init__(self, c1: int, c2: int, k: int = 5, shortcut: bool = True, shortcut_bn="all"):
+    def __init__(self, c1: int, c2: int, k: int = 5, shortcut: bool = True, **style):
         super().__init__()
         c_ = c1 // 2
-        self.cv1 = DeroConv(c1, c_, 1, shortcut=shortcut, shortcut_bn=shortcut_bn)
-        self.cv2 = DeroConv(c_ * 4, c2, 1, shortcut=shortcut, shortcut_bn=shortcut_bn)
+        self.cv1 = DeroConv(c1, c_, 1, shortcut=shortcut, **style)
+        self.cv2 = DeroConv(c_ * 4, c2, 1, shortcut=shortcut, **style)
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

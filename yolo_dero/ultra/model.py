@@ -29,6 +29,7 @@ from ultralytics.utils import LOGGER, RANK  # noqa: E402
 from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
 
 from ..nn.dero import exportable_shortcuts  # noqa: E402
+from ..nn.reparam import reparameterize  # noqa: E402
 from .parser import build_model, load_model_yaml, resolve_model_yaml  # noqa: E402
 
 _env.patch_ultralytics()
@@ -85,6 +86,16 @@ class DeroDetectionModel(DetectionModel):
             self.info()
             LOGGER.info("")
 
+    def fuse(self, verbose: bool = True, imgsz: int = 640):
+        """Ultralytics' fuse (Conv + BatchNorm of the stock layers), then every DERO unit that folds exactly into one
+        convolution is folded (:func:`~yolo_dero.nn.reparameterize`): all units of a re-parameterizable model
+        (``dero_style: rep``); units of the seed's form stay as they are. Ultralytics runs it before val, predict
+        and export."""
+        super().fuse(verbose=False, imgsz=imgsz)
+        reparameterize(self, strict=False, keep_attributes=("i", "f", "type", "np"))  # Ultralytics' layer attributes
+        if verbose:
+            self.info(imgsz=imgsz)
+        return self
 
     def info(self, detailed: bool = False, verbose: bool = True, imgsz: int = 640):
         """Ultralytics' model summary, with GFLOPs that also work when the first parameter is a BatchNorm's.

@@ -219,7 +219,7 @@ def build_model(d: dict, ch: int = 3, verbose: bool = True):
                 args = args[:5] + [bool(args[5]) and dero_shortcut] + args[6:]
                 kwargs = {}
             if dero:
-                kwargs["shortcut_bn"] = style.shortcut_norm
+                kwargs.update(style.unit_kwargs())
             first = m(*args, **kwargs)
             rest = [m(c2, *args[1:], **kwargs) for _ in range(n - 1)]  # repeats chain at c2 channels
             m_ = nn.Sequential(first, *rest) if n > 1 else first

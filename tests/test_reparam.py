@@ -1,0 +1,127 @@
+"""The re-parameterizable DERO unit: a trained unit (and a whole model) folds exactly into plain convolutions."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from classification.models import get_model
+from yolo_dero.nn import DeroPool, DeroUnit, FoldedUnit, NotFoldableError, fold_unit, reparameterize
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial inference statistics, so a fold that ignores a BatchNorm's mean, variance or affine part fails."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model.eval()
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+UNIT_CASES = [
+    dict(c_in=8, c_out=8, k=3),                      # identity shortcut
+    dict(c_in=8, c_out=16, k=3, s=2),                # strided sum-pool + zero-padded channels
+    dict(c_in=16, c_out=6, k=1),                     # fold (16 -> 6: groups of 6 with zero padding)
+    dict(c_in=8, c_out=8, k=7, s=2, groups=8),       # depthwise 7x7 stride 2 (MCUNet)
+    dict(c_in=8, c_out=12, k=1, s=2),                # strided 1x1: an s x s window in ceil mode
+    dict(c_in=3, c_out=16, k=6, s=2, p=2),           # YOLOv5's 6x6/2 stem (even kernel)
+]
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("case", UNIT_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_folded_unit_equals_the_unit(norm, case):
+    for shortcut_bn in ("all", "changes"):
+        for act in ("relu", "silu", None):
+            unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn, act_after_add=True))
+            folded = fold_unit(unit)
+            assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+            for size in (15, 16):  # odd sizes exercise the borders and the ceil-mode window
+                x = torch.randn(2, case["c_in"], size, size)
+                y = unit(x)
+                assert folded(x).shape == y.shape
+                assert _rel_err(y, folded(x)) < 1e-5, (norm, shortcut_bn, act, size)
+
+
+def test_pre_norm_unit_pads_before_bn_in():
+    """The conv of a re-parameterizable pre-norm unit sees bn_in of a zero-padded x (what the fold needs), which
+    differs at the border from zero-padding bn_in(x)."""
+    unit = _randomize_bn(DeroUnit(4, 4, k=3, norm="pre", act_after_add=True, shortcut=False, act=None))
+    assert unit.conv.padding == (0, 0) and unit.pad == 1
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        pad_first = unit.conv(unit.bn_in(nn.functional.pad(x, (1, 1, 1, 1))))
+        pad_after = nn.functional.conv2d(unit.bn_in(x), unit.conv.weight, unit.conv.bias, padding=1)
+        assert torch.allclose(unit(x), pad_first, atol=1e-6)
+        assert not torch.allclose(pad_first[..., 0, :], pad_after[..., 0, :], atol=1e-3)  # borders differ
+        assert torch.allclose(pad_first[..., 1:-1, 1:-1], pad_after[..., 1:-1, 1:-1], atol=1e-5)
+
+
+def test_units_that_cannot_fold_say_why():
+    seed_form = DeroUnit(8, 8, k=3, act="relu")  # activation before the add
+    with pytest.raises(NotFoldableError, match="activation sits on the branch"):
+        fold_unit(seed_form)
+    padded_after_bn_in = DeroUnit(8, 8, k=3, act="relu", shortcut=False)  # plain, pre-norm, pads after bn_in
+    with pytest.raises(NotFoldableError, match="zero-pads after bn_in"):
+        fold_unit(padded_after_bn_in)
+    model = nn.Sequential(DeroUnit(8, 8, k=1, act="relu", shortcut=False), seed_form)
+    with pytest.raises(NotFoldableError, match="^1: "):
+        reparameterize(copy.deepcopy(model))
+    loose = reparameterize(copy.deepcopy(model), strict=False)  # folds what it can, leaves the rest
+    assert isinstance(loose[0], FoldedUnit) and isinstance(loose[1], DeroUnit)
+    with pytest.raises(NotFoldableError, match="pool with a shortcut"):
+        reparameterize(nn.Sequential(DeroPool(8)))
+
+
+FAMILIES = [("resnet34dero", "resnet34plain", 32), ("resnet50dero", "resnet50plain", 32),
+            ("mcunet_dero_v4", "mcunet_plain_v4", 48), ("densenet121_dero", "densenet121_plain", 32)]
+
+
+def _conv_shapes(model: nn.Module):
+    return [(tuple(m.weight.shape), m.stride, m.padding, m.groups) for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("dero_name,plain_name,size", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_reparameterized_family_equals_unfused_and_is_the_plain_network(dero_name, plain_name, size):
+    torch.manual_seed(0)
+    dero = _randomize_bn(get_model(dero_name, num_classes=10, style="rep"))
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        y = dero(x)
+        folded = reparameterize(copy.deepcopy(dero))
+        assert _rel_err(y, folded(x)) < 1e-5
+    assert not any(isinstance(m, (DeroUnit, DeroPool)) for m in folded.modules())
+    # the deployed DERO network is its plain twin's network: the same convolutions, nothing else
+    plain = reparameterize(_randomize_bn(get_model(plain_name, num_classes=10, style="rep")))
+    assert _conv_shapes(folded) == _conv_shapes(plain)
+    assert [type(m) for m in folded.modules()] == [type(m) for m in plain.modules()]
+
+
+def test_rep_style_keeps_pools_plain_and_acts_after_the_add():
+    model = get_model("resnet34dero", num_classes=10, style="rep")
+    assert model.stem.pool.shortcut is None
+    assert all(u.act_after_add and u.shortcut is not None for u in model.modules() if isinstance(u, DeroUnit))
+
+
+def test_reparameterized_yolo_equals_unfused_and_fuse_folds_every_unit():
+    from yolo_dero.ultra import DeroDetectionModel
+
+    torch.manual_seed(0)
+    model = _randomize_bn(DeroDetectionModel("cfg/yolov5n-dero-rep.yaml", nc=3, verbose=False))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = model(x)[0]
+        fused = copy.deepcopy(model).fuse(verbose=False)
+        assert _rel_err(y, fused(x)[0]) < 1e-5
+    assert not any(isinstance(m, (DeroUnit, nn.BatchNorm2d)) for m in fused.modules())
+    plain = DeroDetectionModel("cfg/yolov5n-plain-rep.yaml", nc=3, verbose=False).fuse(verbose=False)
+    assert _conv_shapes(fused) == _conv_shapes(plain)
