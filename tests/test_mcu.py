@@ -43,6 +43,11 @@ TOYS = {
     "classic_residual": (lambda: nn.Sequential(ClassicResidual(), ClassicResidual()), 4 * T),
     "dero_twin": (lambda: nn.Sequential(*[DeroUnit(16, 16, k=1, shortcut_bn=False) for _ in range(3)]), 3 * T),
     "plain_twin": (lambda: nn.Sequential(*[DeroUnit(16, 16, k=1, shortcut=False) for _ in range(3)]), 2 * T),
+    # the re-parameterizable form: the export folds each unit into one conv, so DERO costs what plain costs
+    "rep_dero": (lambda: nn.Sequential(*[DeroUnit(16, 16, k=3, norm="post", act_after_add=True) for _ in range(3)]),
+                 2 * T),
+    "rep_plain": (lambda: nn.Sequential(*[DeroUnit(16, 16, k=3, norm="post", act_after_add=True, shortcut=False)
+                                          for _ in range(3)]), 2 * T),
 }
 
 
@@ -88,6 +93,26 @@ def test_dero_twin_costs_one_tensor_more_than_plain_under_tflm(exported):
     assert exported["plain_twin"][1].op_counts.get("ADD") is None
 
 
+def test_reparameterized_dero_exports_as_its_plain_twin(exported):
+    _, dero, dero_arena = exported["rep_dero"]
+    _, plain, plain_arena = exported["rep_plain"]
+    assert dero.lowering["reparameterized"] == 3
+    assert dero.op_counts == plain.op_counts == {"CONV_2D": 3}
+    assert dero_arena.head_bytes == plain_arena.head_bytes
+
+
+def test_predict_litert_follows_the_float_model(exported):
+    from yolo_dero.mcu.arena import predict_litert
+
+    model, r, _ = exported["rep_dero"]
+    x = torch.rand(4, 32, 32, 16)  # NHWC, the calibration range
+    got = predict_litert(r.path, x.numpy())
+    with torch.no_grad():
+        want = model(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    assert got.shape == want.shape
+    assert abs(got - want).mean() < 0.05 * abs(want).mean()  # int8 noise, not a wrong layout or scale
+
+
 def test_analyzer_tflm_engine_agrees_on_toys(exported):
     for name, (model, _, a) in exported.items():
         assert analyze(model, 32, engine="tflm", in_channels=16).arena_bytes == a.head_bytes, name
@@ -98,7 +123,7 @@ def test_lowering_is_exact():
     model = randomize_batchnorm(nn.Sequential(DeroUnit(16, 32, k=3, s=2), DeroUnit(32, 16, k=1), DeroUnit(16, 24, k=1, s=2),
                                         DeroUnit(24, 24, k=5, groups=24, act="relu6"), DeroUnit(24, 8, k=3, act=None)))
     low, counts = lower_for_export(model)
-    assert counts == {"shortcuts": 5, "bn_in_folded": 2, "bn_in_depthwise": 3}
+    assert counts == {"shortcuts": 5, "bn_in_folded": 2, "bn_in_depthwise": 3, "reparameterized": 0}
     for size in (32, 30):  # 30: the strided 1x1 unit sees 15x15 (odd): its shortcut's ceil mode
         x = torch.randn(2, 16, size, size)
         with torch.no_grad():

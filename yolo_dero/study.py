@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .paths import REPO_ROOT
 
@@ -249,6 +249,158 @@ def write_speed(out: Path, archs: Sequence[str], **kw) -> Path:
     return md
 
 
+# ----------------------------------------------------------------------------------------------- int8 accuracy
+
+
+def _arm_model(arch: str, arm: str):
+    """The untrained model of a classification arm (its registry variant and ``--dero-style``)."""
+    from classification.models import get_model
+
+    variant, extra = CLS_ARMS[arm]
+    kw = {"style": extra[extra.index("--dero-style") + 1]} if "--dero-style" in extra else {}
+    return get_model(CLS_ARCHS[arch][variant], num_classes=10, **kw)
+
+
+def _photo_digits_tensors(split: str, limit: Optional[int] = None):
+    """Normalised NCHW images and labels of a split of the real-image benchmark, as train.py evaluates them."""
+    import torch
+
+    import classification.data as cdata
+    import classification.train as T
+
+    generate, sizes, _ = T.BUILTIN_DATASETS["photo-digits"]
+    ds = cdata.image_folder(generate(), split, cdata.eval_transform(sizes["val_resize_size"], sizes["val_crop_size"]))
+    idx = range(len(ds)) if limit is None else torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
+    items = [ds[int(i)] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def int8_accuracy(arch: str, arm: str, seed: int, run_dir: Path, num_calib: int = 64) -> Dict[str, Any]:
+    """Top-1 of a trained arm on the benchmark's val split in float (torch) and as a full-int8 ``.tflite``
+    (exported with the project's exporter, calibrated on ``num_calib`` training images, run by LiteRT's reference
+    kernels, TFLite Micro's arithmetic). Re-parameterizable models are folded by the export."""
+    import tempfile
+
+    import torch
+
+    from .mcu.arena import predict_litert
+    from .mcu.export import export_tflite
+
+    ckpt = run_dir / "checkpoint.pth"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no trained checkpoint {ckpt}: train the arm first (python -m yolo_dero.study cls "
+                                f"--arch {arch} --arms {arm} --seeds {seed} with the same budget)")
+    model = _arm_model(arch, arm)
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    model.eval()
+    x_val, y_val = _photo_digits_tensors("val")
+    x_cal, _ = _photo_digits_tensors("train", limit=num_calib)
+    with torch.inference_mode():
+        float_pred = torch.cat([model(x_val[i:i + 200]) for i in range(0, len(x_val), 200)]).argmax(1)
+    nhwc = x_val.permute(0, 2, 3, 1).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        r = export_tflite(model, tuple(x_val.shape[-2:]), Path(tmp) / "m.tflite",
+                          calib=[t[None] for t in x_cal.permute(0, 2, 3, 1)], num_calib=num_calib)
+        int8_pred = torch.from_numpy(predict_litert(r.path, nhwc)).argmax(1)
+    return {"arch": arch, "arm": arm, "seed": seed, "checkpoint": str(ckpt), "num_calib": num_calib,
+            "float_acc1": round(100.0 * (float_pred == y_val).float().mean().item(), 2),
+            "int8_acc1": round(100.0 * (int8_pred == y_val).float().mean().item(), 2),
+            "agreement": round(100.0 * (float_pred == int8_pred).float().mean().item(), 2),
+            "op_counts": r.op_counts, "lowering": r.lowering}
+
+
+def write_int8_table(out: Path, budget: str) -> Path:
+    """``<out>/<budget>/int8_accuracy.md`` from the ``seed*.int8.json`` records of that budget."""
+    recs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+    for f in sorted((Path(out) / budget).glob("*/*/seed*.int8.json")):
+        r = json.loads(f.read_text())
+        recs.setdefault(r["arch"], {}).setdefault(r["arm"], []).append(r)
+    lines = ["# Int8 accuracy on the real-image benchmark: float vs full-int8 TFLite, mean ± std over seeds", "",
+             f"`python -m yolo_dero.study int8 --budget {budget} ...`: the trained checkpoints of the study's budget "
+             f"`{budget}`, exported full-int8 by `yolo_dero.mcu` (calibrated on training images; the `rep` arms "
+             "folded into plain convolutions by the export) and run on the 1,000 val images by LiteRT's reference "
+             "kernels (TFLite Micro's arithmetic).", "",
+             "| arch | arm | seeds | float top-1 | int8 top-1 | int8 - float | float/int8 agreement % |",
+             "|---|---|---|---|---|---|---|"]
+    for arch, arms in recs.items():
+        for arm in [a for a in ARM_ORDER if a in arms] + [a for a in arms if a not in ARM_ORDER]:
+            rs = arms[arm]
+            drop = [r["int8_acc1"] - r["float_acc1"] for r in rs]
+            lines.append(f"| {arch} | {arm} | {', '.join(str(r['seed']) for r in rs)} | "
+                         f"{mean_std([r['float_acc1'] for r in rs])} | {mean_std([r['int8_acc1'] for r in rs])} | "
+                         f"{mean_std(drop)} | {mean_std([r['agreement'] for r in rs])} |")
+    md = Path(out) / budget / "int8_accuracy.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+# ------------------------------------------------------------------------------------------------ inference latency
+
+# arm -> (variant, style, fold): the re-parameterizable form folded must run at the plain twin's speed
+LATENCY_ARMS = {"plain (rep)": ("plain", "rep", True), "dero rep, folded": ("dero", "rep", True),
+                "dero rep, unfolded": ("dero", "rep", False), "dero default": ("dero", "default", False),
+                "original": ("original", None, False)}
+
+
+def inference_latency(arch: str, imgsz: int, iters: int = 10, rounds: int = 15) -> Dict[str, float]:
+    """Eval-mode CPU latency (ms, batch 1) of each :data:`LATENCY_ARMS` arm of ``arch``, the arms timed interleaved
+    round after round in this process; the median over rounds of the mean over ``iters`` calls."""
+    import copy
+
+    import torch
+
+    from classification.models import get_model
+
+    from .nn import reparameterize
+
+    torch.manual_seed(0)
+    models = {}
+    for arm, (variant, style, fold) in LATENCY_ARMS.items():
+        kw = {"style": style} if style else {}
+        m = get_model(CLS_ARCHS[arch][variant], num_classes=10, **kw).eval()
+        models[arm] = reparameterize(copy.deepcopy(m)) if fold else m
+    x = torch.randn(1, 3, imgsz, imgsz)
+    times: Dict[str, List[float]] = {arm: [] for arm in models}
+    with torch.inference_mode():
+        for m in models.values():  # warm-up
+            for _ in range(3):
+                m(x)
+        for _ in range(rounds):
+            for arm, m in models.items():
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    m(x)
+                times[arm].append((time.perf_counter() - t0) / iters * 1000)
+    return {arm: round(statistics.median(t), 3) for arm, t in times.items()}
+
+
+def write_latency(out: Path, cases: Sequence[Tuple[str, int]], **kw) -> Path:
+    """Measure :func:`inference_latency` for ``cases`` ((arch, imgsz) pairs); write ``<out>/latency.{json,md}``."""
+    import platform
+
+    import torch
+
+    rows = {f"{a} @{s}": inference_latency(a, s, **kw) for a, s in cases}
+    js = Path(out) / "latency.json"
+    _write_json(js, {"rows": rows, "settings": kw, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "cpu": platform.processor() or platform.machine()})
+    arms = list(LATENCY_ARMS)
+    lines = ["# Inference latency: the folded re-parameterizable DERO form vs its plain twin, side by side", "",
+             f"`python -m yolo_dero.study latency` (CPU, batch 1, eval mode, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads; the arms interleaved, median over {kw.get('rounds', 15)} rounds of "
+             f"the mean of {kw.get('iters', 10)} calls). Goal: folded / plain = 1.00 ± 0.03.", "",
+             "| model | " + " | ".join(f"{a} ms" for a in arms) + " | folded / plain | unfolded / plain | "
+             "default / plain |", "|---|" + "---|" * (len(arms) + 3)]
+    for case, r in rows.items():
+        p = r["plain (rep)"]
+        lines.append(f"| {case} | " + " | ".join(f"{r[a]:.2f}" for a in arms) +
+                     f" | {r['dero rep, folded'] / p:.3f} | {r['dero rep, unfolded'] / p:.3f} | "
+                     f"{r['dero default'] / p:.3f} |")
+    md = js.with_suffix(".md")
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
 # ------------------------------------------------------------------------------------------------------- the table
 
 
@@ -350,11 +502,26 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m yolo_dero.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="kind", required=True)
-    for name in ("cls", "det", "table", "speed"):
+    for name in ("cls", "det", "table", "speed", "latency", "int8"):
         q = sub.add_parser(name)
         q.add_argument("--out", default=str(DEFAULT_OUT), help="per-run JSON files and the table (default: %(default)s)")
         q.add_argument("--runs", default=str(DEFAULT_RUNS), help="checkpoints (default: %(default)s)")
         if name == "table":
+            continue
+        if name == "int8":
+            q.add_argument("--budget", required=True, help="a budget folder under --out, e.g. "
+                           "cls-e6-b32-lr0.02-w1-wd5e-05-ls0.1-crop0.35-flip0")
+            q.add_argument("--arch", nargs="+", default=["resnet34"], choices=sorted(CLS_ARCHS))
+            q.add_argument("--arms", nargs="+", default=["original", "plain", "dero", "dero-seed", "dero-rep"],
+                           choices=list(CLS_ARMS))
+            q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+            q.add_argument("--num-calib", type=int, default=64)
+            continue
+        if name == "latency":
+            q.add_argument("--cases", nargs="+", default=["resnet34@64", "mcunet_v4@96", "mcunet_v4@176"],
+                           help="ARCH@SIZE pairs (default: %(default)s)")
+            q.add_argument("--iters", type=int, default=10)
+            q.add_argument("--rounds", type=int, default=15)
             continue
         if name == "speed":
             q.add_argument("--arch", nargs="+", default=["resnet34", "mcunet_v4"], choices=sorted(CLS_ARCHS))
@@ -397,6 +564,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     if args.kind == "table":
         print(write_table(out).read_text())
+        return 0
+    if args.kind == "int8":
+        for arch in args.arch:
+            for seed in args.seeds:
+                for arm in args.arms:
+                    path = out / args.budget / arch / arm / f"seed{seed}.int8.json"
+                    if path.is_file():
+                        continue
+                    rec = int8_accuracy(arch, arm, seed, Path(args.runs) / args.budget / arch / arm / f"seed{seed}",
+                                        num_calib=args.num_calib)
+                    _write_json(path, rec)
+                    print(f"wrote {path}: float {rec['float_acc1']:.2f}, int8 {rec['int8_acc1']:.2f}", flush=True)
+                    write_int8_table(out, args.budget)
+        print(write_int8_table(out, args.budget).read_text())
+        return 0
+    if args.kind == "latency":
+        cases = [(a, int(sz)) for a, sz in (c.split("@") for c in args.cases)]
+        print(write_latency(out, cases, iters=args.iters, rounds=args.rounds).read_text())
         return 0
     if args.kind == "speed":
         print(write_speed(out, args.arch, imgsz=args.imgsz, batch=args.batch, rounds=args.rounds,

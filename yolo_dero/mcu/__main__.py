@@ -92,6 +92,14 @@ def _arena(a) -> int:
     return 0 if (r.outputs_match is not False) else 1
 
 
+def _reparam_report(a) -> int:
+    from .reparam_report import reparam_report
+
+    res = reparam_report(Path(a.md), Path(a.json), only=a.only, num_calib=a.num_calib, force=a.force)
+    print(f"wrote {a.md} and {a.json} ({len(res['rows'])} rows)")
+    return 0 if all("error" not in r for r in res["rows"]) else 1
+
+
 def _crosscheck(a) -> int:
     from .crosscheck import EXPLANATIONS, crosscheck
 
@@ -126,6 +134,13 @@ def main(argv=None) -> int:
     c.add_argument("--num-calib", type=int, default=4)
     c.add_argument("--keep", default=None, help="folder to keep the .tflite files in")
     # --- offline memory plan (plan.py) ---
+    rr = sub.add_parser("reparam-report", help="original / plain / DERO (rep, folded) / DERO on TFLM -> "
+                                               "results/mcu_reparam.*")
+    rr.add_argument("--md", default=str(REPO_ROOT / "results" / "mcu_reparam.md"))
+    rr.add_argument("--json", default=str(REPO_ROOT / "results" / "mcu_reparam.json"))
+    rr.add_argument("--only", nargs="*", default=None, help="families (MCUNet-v4, ResNet34, YOLOv5n)")
+    rr.add_argument("--num-calib", type=int, default=2)
+    rr.add_argument("--force", action="store_true", help="measure again rows already in the JSON file")
     pl = sub.add_parser("plan", help="write an offline memory plan (OfflineMemoryAllocation) into a .tflite")
     pl.add_argument("file")
     pl.add_argument("--out", required=True, help="planned .tflite")
@@ -144,7 +159,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return {"export": _export, "arena": _arena, "crosscheck": _crosscheck, "plan": _plan,
-                "plan-report": _plan_report}[a.cmd](a)
+                "plan-report": _plan_report, "reparam-report": _reparam_report}[a.cmd](a)
     except Exception as ex:  # noqa: BLE001  (one clear line for CLI users)
         from .export import FloatTensorError, MissingDependencyError
 

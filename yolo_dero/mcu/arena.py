@@ -291,6 +291,29 @@ def _compare_here(model: bytes, arena_size: int, seed: int = 0, resolver: str = 
         str(_dtype(ref.get_input_details()[0]["dtype"]))
 
 
+def predict_litert(model: Union[str, Path, bytes], images: np.ndarray, batch: int = 1) -> np.ndarray:
+    """Float outputs of a full-int8 ``.tflite`` on float NHWC ``images`` (what the float model takes), through
+    LiteRT's reference kernels (TFLite Micro's arithmetic): each image is quantized with the input tensor's scale
+    and zero point, the output dequantized with the output's. Returns ``(N, ...)`` of the first output."""
+    require("ai_edge_litert")
+    from ai_edge_litert.interpreter import Interpreter as LiteRT, OpResolverType
+
+    content = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    ref = LiteRT(model_content=bytes(content), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    ref.allocate_tensors()
+    inp, out = ref.get_input_details()[0], ref.get_output_details()[0]
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    info = np.iinfo(_dtype(inp["dtype"]))
+    results = []
+    for im in images:
+        q = np.clip(np.round(im[None] / in_scale + in_zero), info.min, info.max).astype(_dtype(inp["dtype"]))
+        ref.set_tensor(inp["index"], q)
+        ref.invoke()
+        results.append((ref.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale)
+    return np.concatenate(results)
+
+
 def measure_arena(path: Union[str, Path, bytes], bisect: bool = True, check_outputs: bool = True,
                   tolerance: int = 2, align: int = 16) -> ArenaResult:
     """Measure head/tail/total arena bytes of a ``.tflite`` under TFLM, the minimal arena, and the output check."""

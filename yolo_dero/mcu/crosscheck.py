@@ -109,7 +109,7 @@ def build(spec: str) -> Tuple[nn.Module, int]:
 
 
 def run_case(label: str, spec: str, imgsz: int, workdir: Path, num_calib: int = 4,
-             keep: Optional[Path] = None) -> Dict[str, Any]:
+             keep: Optional[Path] = None, bisect: bool = True) -> Dict[str, Any]:
     from ..memory import analyze
     from .arena import measure_arena
     from .export import deployable, export_tflite, is_detection_model, lower_for_export
@@ -138,7 +138,7 @@ def run_case(label: str, spec: str, imgsz: int, workdir: Path, num_calib: int = 
         row["error"] = f"export: {type(ex).__name__}: {str(ex)[:500]}"
         return row
     row.update(op_counts=e.op_counts, lowering=e.lowering, file_bytes=e.bytes, export_notes=e.notes)
-    a = measure_arena(out)
+    a = measure_arena(out, bisect=bisect)
     row.update(tflm_head=a.head_bytes, tflm_tail=a.tail_bytes, tflm_total=a.total_bytes,
                tflm_min_arena=a.minimal_arena_bytes, max_abs_diff_lsb=a.max_abs_diff_lsb,
                max_abs_diff_lsb_optimized=a.max_abs_diff_lsb_optimized, outputs_match=a.outputs_match,

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.dero import DeroUnit, Shortcut
+from ..nn.reparam import reparameterize
 
 ImgSize = Union[int, Sequence[int]]
 
@@ -175,10 +176,17 @@ def lower_for_export(model: nn.Module, fold_bn_in: bool = True) -> Tuple[nn.Modu
     ``bn_in`` of a unit whose conv has no padding is folded into the conv (exact); in front of a padded conv
     it becomes a 1x1 depthwise conv (:func:`bn_as_depthwise`), one more operator and one more buffer.
     ``nn.SiLU`` becomes :class:`SiLUAsMul` (LOGISTIC + MUL in int8; one more buffer per activation).
-    Returns ``(lowered model, counts)`` with counts ``{"shortcuts", "bn_in_folded", "bn_in_depthwise"[, "silu"]}``.
+    Re-parameterizable units (``act_after_add``) are first folded into one conv each, and a classifier's
+    ``head_norm`` BatchNorm becomes a depthwise conv.
+    Returns ``(lowered model, counts)`` with counts ``{"shortcuts", "bn_in_folded", "bn_in_depthwise",
+    "reparameterized"[, "head_norm_depthwise", "silu"]}``.
     """
     model = copy.deepcopy(model).eval()
     counts = {"shortcuts": 0, "bn_in_folded": 0, "bn_in_depthwise": 0}
+    # re-parameterizable units (and their plain twins) become one conv each: the plain network's graph
+    n_units = sum(isinstance(m, DeroUnit) for m in model.modules())
+    reparameterize(model, strict=False, select=lambda m: getattr(m, "act_after_add", False))
+    counts["reparameterized"] = n_units - sum(isinstance(m, DeroUnit) for m in model.modules())
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Shortcut):
@@ -192,6 +200,11 @@ def lower_for_export(model: nn.Module, fold_bn_in: bool = True) -> Tuple[nn.Modu
         if isinstance(m, DeroUnit) and isinstance(m.bn_in, nn.BatchNorm2d):
             m.bn_in = bn_as_depthwise(m.bn_in)
             counts["bn_in_depthwise"] += 1
+    if isinstance(getattr(model, "head_norm", None), nn.BatchNorm2d):
+        # the DERO styles' BatchNorm before the classifier follows an add or a ReLU, where the converter cannot fold
+        # it and would leave it float: it becomes an int8 depthwise conv (one small operator at the head)
+        model.head_norm = bn_as_depthwise(model.head_norm)
+        counts["head_norm_depthwise"] = 1
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.SiLU):
@@ -340,16 +353,19 @@ def _image_files(calib: str) -> List[Path]:
     return []
 
 
-def calibration_images(calib: Optional[str], imgsz: ImgSize, num: int = 8, channels: int = 3,
+def calibration_images(calib: Union[None, str, Sequence[torch.Tensor]], imgsz: ImgSize, num: int = 8, channels: int = 3,
                        seed: int = 0) -> List[torch.Tensor]:
     """``num`` NHWC float images in [0, 1] (what the float model expects).
 
-    ``calib``: None / "synthetic" / "random" -> deterministic uniform noise (no dataset needed); a folder of
+    ``calib``: a list of ``(1, H, W, C)`` tensors -> the first ``num`` of them; None / "synthetic" / "random" ->
+    deterministic uniform noise (no dataset needed); a folder of
     images, a ``.txt`` list, or a data YAML (``path`` + ``val``/``train``; the project's ``data/*.yaml``
     through :func:`yolo_dero.datasets.resolve.resolve_data`, so ``data/shapes.yaml`` works) -> the first
     ``num`` images, resized (no letterbox) to ``imgsz``, RGB.
     """
     h, w = _imgsz(imgsz)
+    if isinstance(calib, (list, tuple)):  # NHWC tensors the caller prepared (e.g. normalised training images)
+        return list(calib)[:num]
     if calib in (None, "", "synthetic", "random"):
         g = torch.Generator().manual_seed(seed)
         return [torch.rand(1, h, w, channels, generator=g) for _ in range(num)]
@@ -502,7 +518,8 @@ def _quiet(enabled: bool = True):
                     logging.getLogger(n).setLevel(lv)
 
 
-def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path], calib: Optional[str] = None,
+def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
+                  calib: Union[None, str, Sequence[torch.Tensor]] = None,
                   num_calib: int = 8, in_channels: Optional[int] = None, quantize: bool = True,
                   check: bool = True, lower: bool = True, quiet: bool = True) -> ExportResult:
     """Export ``model`` to a full-integer TFLite flatbuffer at ``out`` (NHWC int8 input, int8 outputs).

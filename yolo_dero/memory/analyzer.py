@@ -13,11 +13,13 @@ or, without it, from a documented fallback (see docs/memory_model.md).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
+from ..nn.reparam import reparameterize
 from .engines import ENGINES, Op, Plan, operator_sequence, plan
 from .trace import LeafPredicate, Trace, record
 
@@ -209,6 +211,14 @@ def trace_model(model: nn.Module, imgsz: ImgSize = 224, leaf: Optional[LeafPredi
     return record(model, (1, c, h, w), leaf=leaf, outputs=outputs)
 
 
+def deployed_form(model: nn.Module) -> nn.Module:
+    """``model`` as the export writes it: re-parameterizable DERO units (``act_after_add``) folded into one
+    convolution each (a copy; ``model`` itself is returned when it has none)."""
+    if not any(getattr(m, "act_after_add", False) for m in model.modules()):
+        return model
+    return reparameterize(copy.deepcopy(model), strict=False, select=lambda m: getattr(m, "act_after_add", False))
+
+
 def analyze_engines(model: nn.Module, imgsz: ImgSize = 224, engines: Sequence[str] = ENGINES,
                     bytes_per_element: int = 1, name: Optional[str] = None,
                     stages: Optional[Mapping[str, Sequence[str]]] = None, leaf: Optional[LeafPredicate] = None,
@@ -221,7 +231,7 @@ def analyze_engines(model: nn.Module, imgsz: ImgSize = 224, engines: Sequence[st
     if bytes_per_element <= 0:
         raise ValueError("bytes_per_element must be positive")
     size = _imgsz(imgsz)
-    trace = trace or trace_model(model, size, leaf=leaf, outputs=outputs, in_channels=in_channels)
+    trace = trace or trace_model(deployed_form(model), size, leaf=leaf, outputs=outputs, in_channels=in_channels)
     stages = stages if stages is not None else getattr(model, "memory_stages", None)
     source = "memory_stages"
     if not stages:

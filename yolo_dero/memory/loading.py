@@ -1,6 +1,7 @@
 """Load a model for analysis by registry name, model YAML path or ``.pt`` file.
 
-* a name registered in ``classification.models`` (``resnet34``, ``resnet34dero``, ``mcunet_plain_v4``...);
+* a name registered in ``classification.models`` (``resnet34``, ``resnet34dero``, ``mcunet_plain_v4``...), optionally
+  with a DERO style after a colon (``mcunet_dero_v4:rep``, see ``yolo_dero.nn.DERO_STYLES``);
 * a path ending ``.yaml``/``.yml``: a detection model built by the project's
   :class:`yolo_dero.ultra.DeroDetectionModel` (looked up as given, in the repository, then in ``cfg/``);
 * a path ending ``.pt``/``.pth``: ``torch.load`` of a pickled module or of an Ultralytics checkpoint
@@ -92,12 +93,16 @@ def load_model(spec: str, verbose: bool = False) -> Tuple[nn.Module, str]:
     elif low.endswith(PT_SUFFIXES):
         model = _load_pt(s)
     else:
+        name, _, style = s.partition(":")
         names = registry_names()
-        if s not in names:
+        if name not in names:
             raise ModelNotFoundError(
-                f"unknown model {s!r}; registry models: {', '.join(names) or 'none'}; or a model YAML "
-                f"({', '.join(yaml_names()) or 'none in cfg/'}) or a .pt file")
+                f"unknown model {name!r}; registry models: {', '.join(names) or 'none'} (a DERO style may follow a "
+                f"colon: resnet34dero:rep); or a model YAML ({', '.join(yaml_names()) or 'none in cfg/'}) or a .pt file")
         from classification.models import get_model
 
-        model = get_model(s)
+        try:
+            model = get_model(name, style=style) if style else get_model(name)
+        except (TypeError, ValueError) as e:  # an original takes no style; an unknown style name
+            raise ModelNotFoundError(f"{s!r}: {e}") from None
     return model.eval(), model_display_name(s)

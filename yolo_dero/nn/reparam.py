@@ -14,13 +14,17 @@ a shortcut and a non-linear activation cannot be folded, nor can ``bn_in`` in fr
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .dero import DeroPool, DeroUnit, Shortcut
+
+#: per-layer bookkeeping that frameworks attach to top-level layers and read in forward (Ultralytics: layer index
+#: ``i``, input index ``f``, ``type``, parameter count ``np``); a folded layer carries it over
+LAYER_ATTRIBUTES = ("i", "f", "type", "np")
 
 __all__ = ["FoldedUnit", "NotFoldableError", "fold_unit", "reparameterize", "bn_affine", "fold_reason"]
 
@@ -139,14 +143,16 @@ def fold_unit(unit: DeroUnit) -> FoldedUnit:
     return FoldedUnit(folded, unit.act, pad_to)
 
 
-def reparameterize(model: nn.Module, strict: bool = True, keep_attributes: Sequence[str] = ()) -> nn.Module:
+def reparameterize(model: nn.Module, strict: bool = True, keep_attributes: Sequence[str] = LAYER_ATTRIBUTES,
+                   select: Optional[Callable[[nn.Module], bool]] = None) -> nn.Module:
     """Fold every DERO unit of ``model`` into one convolution, in place, and return ``model``.
 
     Uses the BatchNorms' running statistics: call it on a trained model, for inference and export (training the
     result trains a plain network). Pools without a shortcut become the bare pool. ``strict=True`` raises
     :class:`NotFoldableError` naming the first unit that cannot be folded exactly; ``strict=False`` leaves such
     units as they are (e.g. ``fuse()`` on a model of the seed's form). ``keep_attributes``: attributes a framework
-    attached to the replaced modules that the replacements must carry (Ultralytics' layer index ``i``, ``f``, ...).
+    attached to the replaced modules that the replacements must carry (default :data:`LAYER_ATTRIBUTES`).
+    ``select``: only units and pools for which it returns True are considered (e.g. only re-parameterizable units).
     """
 
     def replace(parent: nn.Module, name: str, old: nn.Module, new: nn.Module) -> None:
@@ -158,6 +164,8 @@ def reparameterize(model: nn.Module, strict: bool = True, keep_attributes: Seque
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             where = f"{parent_name}.{name}" if parent_name else name
+            if select is not None and not select(child):
+                continue
             if isinstance(child, DeroUnit):
                 if fold_reason(child) is None:
                     replace(parent, name, child, fold_unit(child))

@@ -92,7 +92,7 @@ class DeroDetectionModel(DetectionModel):
         (``dero_style: rep``); units of the seed's form stay as they are. Ultralytics runs it before val, predict
         and export."""
         super().fuse(verbose=False, imgsz=imgsz)
-        reparameterize(self, strict=False, keep_attributes=("i", "f", "type", "np"))  # Ultralytics' layer attributes
+        reparameterize(self, strict=False)
         if verbose:
             self.info(imgsz=imgsz)
         return self
