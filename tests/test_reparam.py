@@ -125,3 +125,29 @@ def test_reparameterized_yolo_equals_unfused_and_fuse_folds_every_unit():
     assert not any(isinstance(m, (DeroUnit, nn.BatchNorm2d)) for m in fused.modules())
     plain = DeroDetectionModel("cfg/yolov5n-plain-rep.yaml", nc=3, verbose=False).fuse(verbose=False)
     assert _conv_shapes(fused) == _conv_shapes(plain)
+
+
+@pytest.mark.parametrize("case", [dict(c_in=8, c_out=8, k=3), dict(c_in=8, c_out=16, k=3, s=2),
+                                  dict(c_in=8, c_out=8, k=5, s=2, groups=8), dict(c_in=8, c_out=8, k=1)],
+                         ids=["identity", "strided-growth", "depthwise-strided", "1x1"])
+def test_repvgg_unit_folds_exactly(case):
+    from yolo_dero.nn import DERO_STYLES
+
+    unit = _randomize_bn(DeroUnit(**case, act="relu", **DERO_STYLES["repvgg"].unit_kwargs()))
+    assert unit.branch_1x1 is not None
+    assert (unit.shortcut is not None) == (case["c_in"] == case["c_out"] and case.get("s", 1) == 1)
+    x = torch.randn(2, case["c_in"], 15, 15)
+    with torch.no_grad():
+        assert _rel_err(unit(x), fold_unit(unit)(x)) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet34dero", "mcunet_dero_v4"])
+def test_repvgg_twin_folds_into_the_plain_network(name):
+    torch.manual_seed(0)
+    model = _randomize_bn(get_model(name, num_classes=10, style="repvgg"))
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        folded = reparameterize(copy.deepcopy(model))
+        assert _rel_err(model(x), folded(x)) < 1e-5
+    plain = reparameterize(_randomize_bn(get_model(name.replace("dero", "plain"), num_classes=10, style="rep")))
+    assert _conv_shapes(folded) == _conv_shapes(plain)

@@ -56,6 +56,7 @@ CLS_ARMS: Dict[str, tuple] = {
     "dero-rep": ("dero", ["--dero-style", "rep"]),
     "dero-rep-pre": ("dero", ["--dero-style", "rep-pre"]),
     "plain-rep": ("plain", ["--dero-style", "rep"]),
+    "repvgg": ("dero", ["--dero-style", "repvgg"]),  # not DERO: RepVGG's branches on the same topology
 }
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
             "dero-seed": "cfg/yolov5n-dero-seed.yaml"}
@@ -426,7 +427,7 @@ def load_runs(out: Path) -> Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]
 
 
 ARM_ORDER = ["original", "plain", "plain-post", "plain-kd", "dero", "dero-kd", "dero-headnorm", "dero-headnorm-kd",
-             "dero-identity", "dero-identity-kd", "dero-post", "plain-rep", "dero-rep", "dero-rep-pre",
+             "dero-identity", "dero-identity-kd", "dero-post", "plain-rep", "dero-rep", "dero-rep-pre", "repvgg",
              "dero-gain0", "dero-seed", "dero-seed-gain0"]
 
 

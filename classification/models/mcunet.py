@@ -65,12 +65,13 @@ class DeroInvertedResidual(nn.Sequential):
     """An inverted-residual block as a chain of DERO units (or their plain twins); no block-level add.
 
     1x1 expand (ReLU6, skipped when ``t == 1``), kxk depthwise stride ``s`` (ReLU6), 1x1 projection (linear).
+    ``**style``: the units' style keywords (:meth:`yolo_dero.nn.DeroStyle.unit_kwargs`).
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int,
-                 shortcut: bool = True, shortcut_bn="all", norm: str = "pre", act_after_add: bool = False):
+                 shortcut: bool = True, **style):
         mid = c_in * expand_ratio
-        sc = dict(shortcut=shortcut, shortcut_bn=shortcut_bn, norm=norm, act_after_add=act_after_add)
+        sc = dict(shortcut=shortcut, **style)
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()
         if expand_ratio != 1:
             layers["expand"] = DeroUnit(c_in, mid, k=1, act="relu6", **sc)

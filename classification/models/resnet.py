@@ -50,14 +50,15 @@ def resnet50(num_classes: int = 1000, **kwargs):
 
 
 class DeroBasicBlock(nn.Sequential):
-    """BasicBlock as two DERO units: 3x3 (stride ``s``, ``c_in -> width``) then 3x3 (``width -> width``)."""
+    """BasicBlock as two DERO units: 3x3 (stride ``s``, ``c_in -> width``) then 3x3 (``width -> width``).
+
+    ``**style``: the units' style keywords (:meth:`yolo_dero.nn.DeroStyle.unit_kwargs`)."""
 
     expansion = 1
 
     def __init__(self, c_in: int, width: int, stride: int = 1, shortcut: bool = True,
-                 drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre", act_after_add: bool = False):
-        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn, norm=norm,
-                    act_after_add=act_after_add)
+                 drop_path: float = 0.0, **style):
+        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, **style)
         super().__init__(OrderedDict([
             ("conv1", DeroUnit(c_in, width, k=3, s=stride, **unit)),
             ("conv2", DeroUnit(width, width, k=3, **unit)),
@@ -67,15 +68,14 @@ class DeroBasicBlock(nn.Sequential):
 class DeroBottleneck(nn.Sequential):
     """Bottleneck as three DERO units: 1x1 (``c_in -> width``), 3x3 stride ``s``, 1x1 (``width -> 4 width``).
 
-    The stride sits on the 3x3 as in torchvision (ResNet v1.5).
+    The stride sits on the 3x3 as in torchvision (ResNet v1.5). ``**style``: the units' style keywords.
     """
 
     expansion = 4
 
     def __init__(self, c_in: int, width: int, stride: int = 1, shortcut: bool = True,
-                 drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre", act_after_add: bool = False):
-        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, shortcut_bn=shortcut_bn, norm=norm,
-                    act_after_add=act_after_add)
+                 drop_path: float = 0.0, **style):
+        unit = dict(act="relu", shortcut=shortcut, drop_path=drop_path, **style)
         super().__init__(OrderedDict([
             ("conv1", DeroUnit(c_in, width, k=1, **unit)),
             ("conv2", DeroUnit(width, width, k=3, s=stride, **unit)),

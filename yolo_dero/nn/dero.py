@@ -51,6 +51,10 @@ class DeroStyle:
             ``bn_in``, so a trained unit folds exactly into one convolution (the re-parameterizable form).
         pool_shortcut: whether pooling operators (the ResNet/DenseNet stem max-pool) get a shortcut; a max-pool plus
             a sum-pool is not one operator, so the re-parameterizable styles keep pools plain.
+        branch_1x1: a parallel 1x1 conv + BatchNorm branch in every unit (RepVGG's; needs ``norm="post"`` and
+            ``act_after_add``, and folds into the kxk kernel's centre).
+        identity_shortcuts_only: shortcuts only where ``S`` is the identity (same channels, stride 1), as RepVGG's
+            identity branch; elsewhere the unit has none.
     """
 
     shortcut_norm: str = "all"
@@ -59,6 +63,8 @@ class DeroStyle:
     head_norm: bool = False
     act_after_add: bool = False
     pool_shortcut: bool = True
+    branch_1x1: bool = False
+    identity_shortcuts_only: bool = False
 
     def __post_init__(self):
         if self.shortcut_norm not in ("all", "changes", "strided", "none"):
@@ -67,8 +73,11 @@ class DeroStyle:
             raise ValueError(f"norm must be 'pre' or 'post', got {self.norm!r}")
 
     def unit_kwargs(self) -> Dict[str, object]:
-        """The :class:`DeroUnit` keyword arguments this style sets (``shortcut_bn``, ``norm``, ``act_after_add``)."""
-        return dict(shortcut_bn=self.shortcut_norm, norm=self.norm, act_after_add=self.act_after_add)
+        """The :class:`DeroUnit` keyword arguments this style sets."""
+        kw = dict(shortcut_bn=self.shortcut_norm, norm=self.norm, act_after_add=self.act_after_add)
+        if self.branch_1x1 or self.identity_shortcuts_only:  # RepVGG's extras: absent from the DERO styles' kwargs
+            kw.update(branch_1x1=self.branch_1x1, identity_shortcuts_only=self.identity_shortcuts_only)
+        return kw
 
 
 # "seed": the unit exactly as the seed trains it; "identity": the seed's pre-norm unit with exact identity shortcuts;
@@ -84,6 +93,10 @@ DERO_STYLES: Dict[str, DeroStyle] = {
     "rep": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True, pool_shortcut=False),
     "rep-pre": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, act_after_add=True,
                          pool_shortcut=False),
+    # not DERO: RepVGG's training-time unit (kxk + 1x1 + identity BatchNorm branches) on the same topology, the
+    # strongest known re-parameterizable baseline
+    "repvgg": DeroStyle(shortcut_norm="all", norm="post", act_after_add=True, pool_shortcut=False, branch_1x1=True,
+                        identity_shortcuts_only=True),
 }
 DERO_STYLES["default"] = DERO_STYLES["identity-headnorm"]
 
@@ -274,6 +287,9 @@ class DeroUnit(nn.Module):
         act_after_add: apply ``act`` after the add; a pre-norm unit then zero-pads ``x`` *before* ``bn_in`` (the
             conv itself has no padding), so the trained unit folds exactly into one convolution: the conv's zero
             padding and the sum-pool's both pad ``x``, and everything inside ``act`` is affine.
+        branch_1x1: add RepVGG's parallel ``bn_1x1(conv_1x1(x))`` branch (stride ``s``, same groups); needs
+            ``norm="post"``, ``act_after_add`` and padding ``k // 2``.
+        identity_shortcuts_only: keep the shortcut only where ``S`` is the identity (RepVGG's identity branch).
 
     Shapes: ``(N, c_in, H, W) -> (N, c_out, H_out, W_out)`` with the conv's usual output size.
     At inference an engine computes ``S(x)`` while reading ``x`` for the conv and accumulates it into
@@ -285,11 +301,15 @@ class DeroUnit(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1, p: Optional[int] = None,
                  groups: int = 1, act: ActivationSpec = "relu", shortcut: bool = True,
                  shortcut_bn: ShortcutNorm = True, drop_path: float = 0.0, norm: str = "pre",
-                 act_after_add: bool = False):
+                 act_after_add: bool = False, branch_1x1: bool = False, identity_shortcuts_only: bool = False):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
         p = k // 2 if p is None else p
+        if branch_1x1 and (norm != "post" or not act_after_add or p != k // 2):
+            raise ValueError("branch_1x1 needs norm='post', act_after_add=True and padding k // 2 (RepVGG's unit)")
+        if identity_shortcuts_only and (c_in != c_out or s != 1):
+            shortcut = False
         self.c_in, self.c_out, self.k, self.s = c_in, c_out, k, s
         self.act_after_add = act_after_add
         # the re-parameterizable pre-norm unit pads x itself, before bn_in (see act_after_add above)
@@ -300,11 +320,18 @@ class DeroUnit(nn.Module):
         self.act = make_activation(act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.shortcut = Shortcut(c_in, c_out, k, s, p, bn=shortcut_bn) if shortcut else None
+        self.branch_1x1 = nn.Sequential(nn.Conv2d(c_in, c_out, 1, s, 0, groups=groups, bias=False),
+                                        nn.BatchNorm2d(c_out)) if branch_1x1 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.pad(x, (self.pad,) * 4) if self.pad else x
-        z = self.drop_path(self.bn(self.conv(self.bn_in(z)))) if self.act_after_add \
-            else self.drop_path(self.act(self.bn(self.conv(self.bn_in(z)))))
+        if self.act_after_add:
+            z = self.bn(self.conv(self.bn_in(z)))
+            if self.branch_1x1 is not None:
+                z = z + self.branch_1x1(x)
+            z = self.drop_path(z)
+        else:
+            z = self.drop_path(self.act(self.bn(self.conv(self.bn_in(z)))))
         if self.shortcut is not None:
             z = z + self.shortcut(x)
         return self.act(z) if self.act_after_add else z

@@ -85,7 +85,8 @@ def fold_reason(unit: DeroUnit) -> Optional[str]:
 
 
 def _branch(unit: DeroUnit) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias (float64) of ``bn(conv(bn_in(.)))`` as one convolution on the (padded) input."""
+    """Weight and bias (float64) of ``bn(conv(bn_in(.)))`` (plus RepVGG's 1x1 branch) as one convolution on the
+    (padded) input."""
     conv = unit.conv
     w = conv.weight.detach().double()                      # (c_out, c_in / groups, kh, kw)
     c_out, cg = w.shape[:2]
@@ -96,7 +97,14 @@ def _branch(unit: DeroUnit) -> Tuple[torch.Tensor, torch.Tensor]:
     b = b + (w * t_in[idx][:, :, None, None]).sum(dim=(1, 2, 3))
     w = w * a_in[idx][:, :, None, None]
     a_out, t_out = bn_affine(unit.bn, c_out)
-    return w * a_out.view(-1, 1, 1, 1), b * a_out + t_out
+    w, b = w * a_out.view(-1, 1, 1, 1), b * a_out + t_out
+    if unit.branch_1x1 is not None:  # RepVGG's 1x1 branch: the centre tap of the kxk window
+        conv_1x1, bn_1x1 = unit.branch_1x1
+        a1, t1 = bn_affine(bn_1x1, c_out)
+        w = w.clone()
+        w[:, :, w.shape[2] // 2, w.shape[3] // 2] += conv_1x1.weight.detach().double()[:, :, 0, 0] * a1.view(-1, 1)
+        b = b + t1
+    return w, b
 
 
 def _shortcut_kernel(sc: Shortcut, weight_shape: torch.Size, groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
