@@ -59,7 +59,8 @@ CLS_ARMS: Dict[str, tuple] = {
     "repvgg": ("dero", ["--dero-style", "repvgg"]),  # not DERO: RepVGG's branches on the same topology
 }
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
-            "dero-seed": "cfg/yolov5n-dero-seed.yaml"}
+            "dero-seed": "cfg/yolov5n-dero-seed.yaml", "dero-rep": "cfg/yolov5n-dero-rep.yaml",
+            "plain-rep": "cfg/yolov5n-plain-rep.yaml"}
 
 
 def cls_budget_argv(args) -> List[str]:
