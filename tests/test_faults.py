@@ -111,6 +111,7 @@ def test_kill_inside_checkpoint_save_keeps_last_pt_and_resume_lists_each_epoch_o
     assert float(rows[1][1]) > float(rows[0][1])  # time continues across the resume
     assert _temps(weights) == []  # the killed save's temporary file was deleted at the next start
     assert torch.load(weights / "last.pt", map_location="cpu", weights_only=False)["epoch"] == -1  # finished
+    assert f"Optimizer stripped from {weights / 'best.pt'}, " in q.stdout and ".tmp-" not in q.stdout
 
 
 FULL_DISK = textwrap.dedent('''

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from copy import deepcopy
 from pathlib import Path
@@ -133,6 +134,19 @@ def gflops(model: torch.nn.Module, imgsz: int | tuple[int, int] = 640) -> float:
         return 0.0
 
 
+class _Replace(logging.Filter):
+    """Rewrite ``old`` to ``new`` in the messages of the logger it is added to."""
+
+    def __init__(self, old: str, new: str):
+        super().__init__()
+        self.old, self.new = old, new
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and self.old in record.msg:
+            record.msg = record.msg.replace(self.old, self.new)
+        return True
+
+
 @contextlib.contextmanager
 def atomic_checkpoint_writes(folder: str | Path) -> Iterator[None]:
     """Within the block, Ultralytics' checkpoint writes into ``folder`` are atomic (temporary file + rename).
@@ -156,12 +170,15 @@ def atomic_checkpoint_writes(folder: str | Path) -> Iterator[None]:
     def atomic_strip(f="best.pt", s="", updates=None):
         target = Path(s or f)
         tmp = temp_sibling(target)
+        hide = _Replace(f" saved as {tmp},", "")  # its log line names the file it replaces, not the temporary
+        LOGGER.addFilter(hide)
         try:
             out = strip(f, s=str(tmp), updates=updates)
             if tmp.exists():  # nothing written when ``f`` was no valid checkpoint
                 os.replace(tmp, target)
             return out
         finally:
+            LOGGER.removeFilter(hide)
             tmp.unlink(missing_ok=True)
 
     Path.write_bytes, utrainer.strip_optimizer = atomic_write, atomic_strip
