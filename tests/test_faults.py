@@ -28,7 +28,7 @@ import torch
 
 import yolo_dero.ultra  # noqa: F401  (offline Ultralytics environment before any ultralytics import)
 from yolo_dero.datasets.yolo_layout import generate_yolo_dataset
-from yolo_dero.fileutil import atomic_write_bytes, remove_stale_temps
+from yolo_dero.fileutil import remove_stale_temps
 from yolo_dero.paths import REPO_ROOT
 
 TINY = "builtin: shapes\ncache_name: tiny\nn_train: 12\nn_val: 4\nimgsz: 160\nseed: 0\n"
@@ -167,8 +167,8 @@ def test_rewind_results_csv(tmp_path):
 
     csv = tmp_path / "results.csv"
     head = "epoch,time,train/box_loss"
-    csv.write_text(head + "\n1,10.5,3\n2,21,2.5\n3,30,2\n4,41,1.5\n")
-    # resumed from best.pt of epoch 2 (no table in it): rows 3 and 4 go, times continue from 21 s
+    csv.write_text(head + "\n1,10.5,3\n2,21,2.5\n3,30,2\n4,41,1.5\n5,4")  # the last row torn by a kill
+    # resumed from best.pt of epoch 2 (no table in it): the later rows go, times continue from 21 s
     assert rewind_results_csv(csv, None, 2) == 21.0
     assert csv.read_text() == head + "\n1,10.5,3\n2,21,2.5\n"
     # the file lost its rows: the checkpoint's own copy of the table is written back

@@ -67,13 +67,14 @@ def _fail(msg: str, code: int = 2) -> int:
 
 def _batch_problem(batch: Any) -> str | None:
     """Why a batch size is refused (None when it is usable): 0 and negatives other than -1 would silently become
-    Ultralytics' AutoBatch (16 on CPU, one optimizer step per 4 batches)."""
+    Ultralytics' AutoBatch (its default size on CPU, with gradients accumulated over several batches)."""
     if isinstance(batch, (int, float)) and not isinstance(batch, bool) and (batch == 0 or batch < -1):
         return (f"--batch {batch:g}: the batch size must be a positive number of images (or -1 for Ultralytics' "
                 f"AutoBatch); pass e.g. --batch {QUICK['batch']}")
     return None
 
 
+# write errors reported as a full disk (EFBIG: a file-size limit, which the fault-injection tests use)
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
@@ -92,10 +93,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=QUICK["epochs"], help="default: %(default)s")
     p.add_argument("--imgsz", type=int, default=QUICK["imgsz"], help="default: %(default)s")
     p.add_argument("--batch", type=int, default=QUICK["batch"],
-                   help="images per batch (default: %(default)s); -1: Ultralytics' AutoBatch, which on a CUDA GPU "
-                        "picks the batch filling about 60%% of its memory and on CPU falls back to 16, with --nbs "
-                        "defaulting to 64 then (one optimizer step per 64/batch batches). 0 and negative values "
-                        "other than -1 are refused")
+                   help="images per batch (default: %(default)s); -1: Ultralytics' AutoBatch (sized to the CUDA "
+                        "GPU's memory, Ultralytics' default size on CPU; --nbs then defaults to Ultralytics' nominal "
+                        "batch, so gradients accumulate over several batches). 0 and negative values other than -1 "
+                        "are refused")
     p.add_argument("--device", default=None, help="cpu, 0, 0,1 (DDP) ... (default: first GPU, else cpu)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--project", default=str(REPO_ROOT / "runs" / "detect"), help="default: %(default)s")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from copy import deepcopy
 from pathlib import Path
@@ -218,17 +219,25 @@ def rewind_results_csv(csv: str | Path, saved: Any, epochs_done: int) -> float:
     for cand in (_saved_table(saved), _file_table(csv)):
         if cand is None or not cand[0] or cand[0][0].strip() != "epoch":
             continue
-        rows = [r for r in cand[1] if r and float(r[0]) <= epochs_done]
+        rows = [r for r in cand[1] if len(r) == len(cand[0]) and _number(r[0]) <= epochs_done]  # no torn rows
         table = (cand[0], rows)
-        if [float(r[0]) for r in rows] == want:
+        if [_number(r[0]) for r in rows] == want:
             break
     if table is None:
         return 0.0
     header, rows = table
-    text = "\n".join(",".join(r) for r in [header, *rows]) + "\n"
-    atomic_write_bytes(csv, text.encode())
-    col = [h.strip() for h in header].index("time") if "time" in [h.strip() for h in header] else None
-    return float(rows[-1][col]) if rows and col is not None else 0.0
+    atomic_write_bytes(csv, ("\n".join(",".join(r) for r in [header, *rows]) + "\n").encode())
+    names = [h.strip() for h in header]
+    t = _number(rows[-1][names.index("time")]) if rows and "time" in names else 0.0
+    return t if math.isfinite(t) else 0.0
+
+
+def _number(text: str) -> float:
+    """A results.csv field as a number (infinity where it is not one, so such a row is dropped)."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
 
 
 class DeroDetectionTrainer(DetectionTrainer):
