@@ -10,17 +10,16 @@ noise are random.
 from __future__ import annotations
 
 import colorsys
-import json
 import math
 import os
-import shutil
-import uuid
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from yolo_dero.fileutil import generated_dataset  # the one locked, atomic generator (shared with detection)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +34,6 @@ SHAPE_CLASSES = ("circle", "square", "triangle", "star", "plus", "ring", "diamon
                  "crescent")
 CLASS_HUE_PROB = 0.7
 BUILTIN_DEFAULTS = dict(train_per_class=100, val_per_class=20, size=64, seed=0)
-_MARKER = ".complete.json"
 
 
 class DataError(Exception):
@@ -186,49 +184,6 @@ def make_shapes_dataset(root: os.PathLike | str, train_per_class: int = 100, val
             for i in range(n):
                 rng = np.random.default_rng([seed, split_id, c, i])
                 _render(c, size, rng).save(d / f"{i:05d}.png", optimize=False, compress_level=6)
-    return root
-
-
-def generated_dataset(root: Path, want: dict, make: Callable[[Path], object]) -> Path:
-    """Return ``root`` once it holds the dataset described by ``want``, generating it with ``make(tmp)`` if not.
-
-    Idempotent and safe against concurrent callers (e.g. every rank of a torchrun job): generation happens in
-    a temporary sibling directory under a file lock, a marker with ``want`` is written last, and the directory
-    is moved into place with one rename. A stale or partial directory is replaced.
-    """
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-
-    def ready() -> bool:
-        try:
-            return json.loads((root / _MARKER).read_text()) == want
-        except (OSError, ValueError):
-            return False
-
-    if ready():
-        return root
-    lock_path = root.parent / f".{root.name}.lock"
-    with open(lock_path, "a+") as lock:
-        try:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX: rely on tmp + rename only
-            pass
-        if ready():
-            return root
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            make(tmp)
-            (tmp / _MARKER).write_text(json.dumps(want))
-            if root.exists():  # stale version or partial: move aside, then delete
-                trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(root, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(tmp, root)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from classification import data as cdata
 from classification import utils
+from yolo_dero.fileutil import remove_stale_temps
 
 BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
 # built-in datasets: generator, crop sizes, one-line description
@@ -474,6 +475,8 @@ def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> H
         raise UserError("--batch-size and --epochs must be at least 1")
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
+        if utils.is_main():  # temporaries of saves that a kill interrupted (the checkpoints themselves are whole)
+            remove_stale_temps(args.output_dir)
 
     if args.seed is not None:
         s = args.seed + utils.rank()

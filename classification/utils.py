@@ -9,7 +9,6 @@ import os
 import pickle
 import time
 from collections import deque
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -165,18 +164,11 @@ class MetricLogger:
 
 def save_atomic(obj, path: os.PathLike | str) -> None:
     """torch.save to a temporary file beside ``path``, fsync, then os.replace: a crash mid-save never
-    leaves a truncated file at ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    leaves a truncated file at ``path`` (:func:`yolo_dero.fileutil.atomic_file`)."""
+    from yolo_dero.fileutil import atomic_file
+
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def load_file(path: os.PathLike | str):

@@ -109,6 +109,21 @@ def _crosscheck(a) -> int:
     return 0
 
 
+# count options that must be at least 1: with 0 the command would succeed without checking anything
+# (an uncalibrated export still passing its check, a plan "bit-identical on 0 inputs")
+COUNT_OPTIONS = {"num_calib": ("--num-calib", "calibration images", 8),
+                 "num_inputs": ("--num-inputs", "random inputs for the TFLM check", 3)}
+
+
+def count_problem(a: argparse.Namespace) -> str | None:
+    """The one-line error for a count option below 1, or None."""
+    for dest, (flag, what, example) in COUNT_OPTIONS.items():
+        n = getattr(a, dest, None)
+        if n is not None and n < 1:
+            return f"{flag} {n}: needs at least 1 ({what}); pass e.g. {flag} {example}"
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m yolo_dero.mcu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,6 +171,9 @@ def main(argv=None) -> int:
     pr.add_argument("--num-inputs", type=int, default=2)
     # --- end offline memory plan ---
     a = p.parse_args(argv)
+    if count_problem(a):
+        print(f"error: {count_problem(a)}", file=sys.stderr)
+        return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return {"export": _export, "arena": _arena, "crosscheck": _crosscheck, "plan": _plan,

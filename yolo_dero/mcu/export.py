@@ -527,6 +527,8 @@ def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
     ``quantize=False`` writes the float model (used by the tests of the check); with ``check=True`` the
     float/QUANTIZE check then raises :class:`FloatTensorError`, as it does for any leftover float tensor.
     """
+    if quantize and num_calib < 1:
+        raise ValueError(f"num_calib={num_calib}: full-integer quantization needs at least one calibration image")
     require("litert_torch", "torchao")
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig

@@ -433,10 +433,21 @@ def write_plan(src: Source, offsets: Optional[Sequence[int]]) -> bytes:
         e.name, e.buffer = METADATA_NAME.encode(), bi
         md.append(e)
     elif old:
-        for m in old:  # leave the buffer (indices of other buffers must not move) but empty it
-            model.buffers[m.buffer].data = None
+        for m in sorted(old, key=lambda m: -m.buffer):
+            _drop_buffer(model, m.buffer, md)
     model.metadata = md or None
     return _repack(model)
+
+
+def _drop_buffer(model, index: int, metadata: Sequence) -> None:
+    """Remove buffer ``index`` where that moves no other buffer (it is the last and nothing else reads it), as
+    :func:`write_plan` appends its own; elsewhere only empty it. Re-planning a planned file then adds no buffer."""
+    users = {t.buffer for sg in (model.subgraphs or []) for t in (sg.tensors or [])}
+    users |= {m.buffer for m in metadata} | set(model.metadataBuffer or [])
+    if index == len(model.buffers) - 1 and index not in users:
+        model.buffers.pop()
+    else:
+        model.buffers[index].data = None
 
 
 def strip_plan(src: Source) -> bytes:
@@ -563,6 +574,8 @@ def verify_plan(planned: bytes, unplanned: bytes, n_inputs: int = 3, tolerance: 
     bit-identical to the unplanned TFLM run and within ``tolerance`` LSB of LiteRT."""
     from .arena import _isolated, run_tflm
 
+    if n_inputs < 1:
+        raise ValueError(f"n_inputs={n_inputs}: a check on no input would prove nothing")
     g = graph or read_graph(planned)
     size_u, alloc_u = _arena_size(unplanned)
     size_p, alloc_p = _arena_size(planned)
@@ -609,11 +622,16 @@ def plan_file(src: Union[str, Path], out: Union[str, Path], inplace: bool = True
               n_inputs: int = 3, tolerance: int = 2, time_budget: float = 2.0) -> PlanResult:
     """Plan ``src``, write ``out`` with the metadata, validate it (always) and verify it in TFLM.
 
-    On a failed validation or verification ``out`` is removed and :class:`PlanError` raised.
+    The planned model is written to a temporary file beside ``out`` and renamed to ``out`` only once it is
+    validated and verified: on any failure (:class:`PlanError`, a missing package, a kill) ``out`` keeps what it
+    held before -- which matters when ``out`` is ``src`` itself.
     """
+    from ..fileutil import atomic_file
     from .export import require
 
-    require("ai_edge_litert")
+    require("ai_edge_litert", *(["tflite_micro"] if verify else []))  # before any work or write
+    if verify and n_inputs < 1:
+        raise ValueError(f"n_inputs={n_inputs}: the TFLM check needs at least one input (or verify=False)")
     t0 = time.time()
     raw = Path(src).read_bytes()
     unplanned = strip_plan(raw) if has_plan(raw) else raw
@@ -622,18 +640,15 @@ def plan_file(src: Union[str, Path], out: Union[str, Path], inplace: bool = True
     data = write_plan(unplanned, p.offsets)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
-    try:
-        v = validate_plan(out.read_bytes())
+    with atomic_file(out) as f:  # renamed to ``out`` only if the block below does not raise
+        f.write(data)
+        f.flush()
+        v = validate_plan(Path(f.name).read_bytes())  # what is on disk, not what we meant to write
         if v.head_bytes != p.head_bytes:
             raise PlanError(f"validated head {v.head_bytes} != planned head {p.head_bytes}")
         ver = None
         if verify:
-            require("tflite_micro")
             ver = verify_plan(data, unplanned, n_inputs=n_inputs, tolerance=tolerance, graph=g)
-    except Exception:
-        out.unlink(missing_ok=True)
-        raise
     res = PlanResult(str(src), str(out), p.to_dict(), asdict(v), asdict(ver) if ver else None,
                      round(time.time() - t0, 1))
     if ver and ver.planned_head_bytes != p.head_bytes:

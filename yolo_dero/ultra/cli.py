@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -64,6 +65,19 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
+def _batch_problem(batch: Any) -> str | None:
+    """Why a batch size is refused (None when it is usable): 0 and negatives other than -1 would silently become
+    Ultralytics' AutoBatch (its default size on CPU, with gradients accumulated over several batches)."""
+    if isinstance(batch, (int, float)) and not isinstance(batch, bool) and (batch == 0 or batch < -1):
+        return (f"--batch {batch:g}: the batch size must be a positive number of images (or -1 for Ultralytics' "
+                f"AutoBatch); pass e.g. --batch {QUICK['batch']}")
+    return None
+
+
+# write errors reported as a full disk (EFBIG: a file-size limit, which the fault-injection tests use)
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 # ------------------------------------------------------------------------------------------------------------ train
 
 
@@ -78,7 +92,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", default=None, help="dataset root, overrides the data YAML's path: (and $DERO_COCO_DIR)")
     p.add_argument("--epochs", type=int, default=QUICK["epochs"], help="default: %(default)s")
     p.add_argument("--imgsz", type=int, default=QUICK["imgsz"], help="default: %(default)s")
-    p.add_argument("--batch", type=int, default=QUICK["batch"], help="default: %(default)s")
+    p.add_argument("--batch", type=int, default=QUICK["batch"],
+                   help="images per batch (default: %(default)s); -1: Ultralytics' AutoBatch (sized to the CUDA "
+                        "GPU's memory, Ultralytics' default size on CPU; --nbs then defaults to Ultralytics' nominal "
+                        "batch, so gradients accumulate over several batches). 0 and negative values other than -1 "
+                        "are refused")
     p.add_argument("--device", default=None, help="cpu, 0, 0,1 (DDP) ... (default: first GPU, else cpu)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--project", default=str(REPO_ROOT / "runs" / "detect"), help="default: %(default)s")
@@ -120,6 +138,13 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=_bool, default=False)
     p.add_argument("extra", nargs="*", help="extra Ultralytics options, key=value")
     return p
+
+
+def _resume_hint(model: Any) -> str:
+    """'resume with: ...' naming the run's last.pt when it exists, else 'start the run again'."""
+    save_dir = getattr(getattr(model, "trainer", None), "save_dir", None)
+    last = Path(save_dir) / "weights" / "last.pt" if save_dir else None
+    return f"resume with: python train_det.py --resume {last}" if last and last.is_file() else "start the run again"
 
 
 def _latest_last(project: Path) -> Path:
@@ -170,6 +195,8 @@ def train_main(argv: list[str] | None = None) -> int:
     given.update(plots=args.plots, val=args.val)
     extra = _extra(args.extra)
     given.update(extra)
+    if _batch_problem(given.get("batch")):
+        return _fail(_batch_problem(given["batch"]))
     t0 = time.time()
     model = None
     try:
@@ -196,6 +223,11 @@ def train_main(argv: list[str] | None = None) -> int:
             metrics = model.train(**train_kw)
     except USER_ERRORS as e:
         return _fail(str(e))
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        return _fail(f"disk full while writing ({e.strerror}); the checkpoints saved before are intact (written "
+                     f"atomically). Free space, then {_resume_hint(model)}", code=1)
     except KeyboardInterrupt:
         trainer = getattr(model, "trainer", None)
         if trainer is not None and getattr(trainer, "save_dir", None):

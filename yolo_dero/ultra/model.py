@@ -2,7 +2,8 @@
 
 * :class:`DeroDetectionModel` -- ``DetectionModel`` whose layers come from :func:`~.parser.build_model`
   (not Ultralytics' ``parse_model``); carries ``memory_stages``.
-* :class:`DeroDetectionTrainer` -- ``DetectionTrainer`` whose ``get_model`` builds a DeroDetectionModel.
+* :class:`DeroDetectionTrainer` -- ``DetectionTrainer`` whose ``get_model`` builds a DeroDetectionModel, whose
+  checkpoints are written atomically and whose ``results.csv`` is rewound to the checkpoint on resume.
   Module-level, importable by path: Ultralytics' DDP launcher pickles the trainer class by reference.
 * :class:`DeroYOLO` -- ``YOLO`` with a ``task_map`` routing ``detect`` to the two classes above, so
   ``DeroYOLO('cfg/yolov5n-dero.yaml').train(...)``, ``.val()``, ``.predict()``, ``.export()`` work and a
@@ -11,9 +12,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import os
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import env as _env
 
@@ -28,13 +33,15 @@ from ultralytics.nn.tasks import BaseModel, DetectionModel  # noqa: E402
 from ultralytics.utils import LOGGER, RANK  # noqa: E402
 from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
 
+from ..fileutil import atomic_write_bytes, remove_stale_temps, temp_sibling  # noqa: E402
 from ..nn.dero import exportable_shortcuts  # noqa: E402
 from ..nn.reparam import reparameterize  # noqa: E402
 from .parser import build_model, load_model_yaml, resolve_model_yaml  # noqa: E402
 
 _env.patch_ultralytics()
 
-__all__ = ["DeroDetectionModel", "DeroDetectionTrainer", "DeroYOLO", "CheckpointError", "check_checkpoint"]
+__all__ = ["DeroDetectionModel", "DeroDetectionTrainer", "DeroYOLO", "CheckpointError", "check_checkpoint",
+           "atomic_checkpoint_writes", "rewind_results_csv"]
 
 
 class CheckpointError(ValueError):
@@ -139,8 +146,120 @@ def gflops(model: torch.nn.Module, imgsz: int | tuple[int, int] = 640) -> float:
         return 0.0
 
 
+class _Replace(logging.Filter):
+    """Rewrite ``old`` to ``new`` in the messages of the logger it is added to."""
+
+    def __init__(self, old: str, new: str):
+        super().__init__()
+        self.old, self.new = old, new
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and self.old in record.msg:
+            record.msg = record.msg.replace(self.old, self.new)
+        return True
+
+
+@contextlib.contextmanager
+def atomic_checkpoint_writes(folder: str | Path) -> Iterator[None]:
+    """Within the block, Ultralytics' checkpoint writes into ``folder`` are atomic (temporary file + rename).
+
+    Ultralytics 8.4 writes ``last.pt``, ``best.pt`` and ``epochN.pt`` with ``Path.write_bytes`` (``save_model``) and
+    rewrites them with ``strip_optimizer`` (``final_eval``); both overwrite in place, so a kill or a full disk
+    mid-write leaves a truncated file and the previous epoch's state is gone too. The two are redirected for
+    paths in ``folder`` only, and restored on exit.
+    """
+    from ultralytics.engine import trainer as utrainer
+
+    folder = Path(folder).resolve()
+    write_bytes, strip = Path.write_bytes, utrainer.strip_optimizer
+
+    def atomic_write(path: Path, data) -> int:
+        if Path(path).resolve().parent != folder:
+            return write_bytes(path, data)
+        atomic_write_bytes(path, data)
+        return len(memoryview(data))
+
+    def atomic_strip(f="best.pt", s="", updates=None):
+        target = Path(s or f)
+        tmp = temp_sibling(target)
+        hide = _Replace(f" saved as {tmp},", "")  # its log line names the file it replaces, not the temporary
+        LOGGER.addFilter(hide)
+        try:
+            out = strip(f, s=str(tmp), updates=updates)
+            if tmp.exists():  # nothing written when ``f`` was no valid checkpoint
+                os.replace(tmp, target)
+            return out
+        finally:
+            LOGGER.removeFilter(hide)
+            tmp.unlink(missing_ok=True)
+
+    Path.write_bytes, utrainer.strip_optimizer = atomic_write, atomic_strip
+    try:
+        yield
+    finally:
+        Path.write_bytes, utrainer.strip_optimizer = write_bytes, strip
+
+
+def _saved_table(saved: Any) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) of a checkpoint's ``train_results`` (results.csv as columns), formatted as Ultralytics writes."""
+    if not isinstance(saved, dict) or not saved.get("epoch"):
+        return None
+    header = list(saved)
+    if len({len(saved[k]) for k in header}) != 1:
+        return None
+    fmt = lambda v: "%.6g" % v if isinstance(v, (int, float)) else str(v)  # noqa: E731
+    return header, [[fmt(v) for v in row] for row in zip(*(saved[k] for k in header))]
+
+
+def _file_table(csv: Path) -> tuple[list[str], list[list[str]]] | None:
+    lines = [ln for ln in csv.read_text().splitlines() if ln.strip()] if csv.is_file() else []
+    return (lines[0].split(","), [ln.split(",") for ln in lines[1:]]) if lines else None
+
+
+def rewind_results_csv(csv: str | Path, saved: Any, epochs_done: int) -> float:
+    """Make ``csv`` (results.csv) list exactly epochs 1..``epochs_done``, those of the checkpoint a run resumes
+    from; return the ``time`` of the last (0.0 if none), where the resumed run's times continue.
+
+    Rows after the checkpoint (the row of an epoch whose save was killed, or the later epochs of a run resumed
+    from best.pt) would otherwise be listed twice. The checkpoint's own copy of the table (``saved``, its
+    ``train_results``) is used where it holds every one of those epochs, else the file's rows are cut.
+    """
+    csv = Path(csv)
+    want = [float(e) for e in range(1, epochs_done + 1)]
+    table = None
+    for cand in (_saved_table(saved), _file_table(csv)):
+        if cand is None or not cand[0] or cand[0][0].strip() != "epoch":
+            continue
+        rows = [r for r in cand[1] if len(r) == len(cand[0]) and _number(r[0]) <= epochs_done]  # no torn rows
+        table = (cand[0], rows)
+        if [_number(r[0]) for r in rows] == want:
+            break
+    if table is None:
+        return 0.0
+    header, rows = table
+    atomic_write_bytes(csv, ("\n".join(",".join(r) for r in [header, *rows]) + "\n").encode())
+    names = [h.strip() for h in header]
+    t = _number(rows[-1][names.index("time")]) if rows and "time" in names else 0.0
+    return t if math.isfinite(t) else 0.0
+
+
+def _number(text: str) -> float:
+    """A results.csv field as a number (infinity where it is not one, so such a row is dropped)."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
+
+
 class DeroDetectionTrainer(DetectionTrainer):
-    """DetectionTrainer whose models are DeroDetectionModels (fresh from a YAML, or rebuilt from a checkpoint)."""
+    """DetectionTrainer whose models are DeroDetectionModels (fresh from a YAML, or rebuilt from a checkpoint).
+
+    Data safety on top of Ultralytics: checkpoints are written atomically (:func:`atomic_checkpoint_writes`),
+    temporaries of a killed save are deleted at the next start, and a resumed run's ``results.csv`` lists every
+    epoch once (:func:`rewind_results_csv`) with its ``time`` column continuing from the checkpoint's.
+    """
+
+    _time_offset = 0.0  # seconds of training before a resume (results.csv's time column continues from it)
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None,
                   verbose: bool = True):
@@ -149,6 +268,37 @@ class DeroDetectionTrainer(DetectionTrainer):
         if weights:
             model.load(weights)
         return model
+
+    def _setup_train(self):
+        """Ultralytics' setup, after deleting the temporary files of checkpoint saves a kill interrupted."""
+        if RANK in {-1, 0}:
+            remove_stale_temps(self.wdir)
+        return super()._setup_train()
+
+    def save_model(self):
+        """Ultralytics' save, with last.pt, best.pt and epochN.pt each written atomically."""
+        with atomic_checkpoint_writes(self.wdir):
+            return super().save_model()
+
+    def final_eval(self):
+        """Ultralytics' final validation, whose optimizer stripping rewrites last.pt and best.pt atomically too."""
+        with atomic_checkpoint_writes(self.wdir):
+            return super().final_eval()
+
+    def resume_training(self, ckpt):
+        """Ultralytics' resume, then results.csv rewound to the checkpoint's epoch."""
+        super().resume_training(ckpt)
+        if ckpt is not None and self.resume and RANK in {-1, 0}:
+            self._time_offset = rewind_results_csv(self.csv, ckpt.get("train_results"), self.start_epoch)
+
+    def save_metrics(self, metrics):
+        """Ultralytics' results.csv row, with ``time`` counted from the run's start rather than the resume's."""
+        start = self.train_time_start
+        self.train_time_start = start - self._time_offset
+        try:
+            super().save_metrics(metrics)
+        finally:
+            self.train_time_start = start
 
 
 def _ckpt_model(ckpt: Any) -> torch.nn.Module | None:
