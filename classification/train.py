@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import os
 import random
@@ -36,6 +37,7 @@ from torch import nn
 from classification import data as cdata
 from classification import utils
 from yolo_dero.fileutil import remove_stale_temps
+from yolo_dero.nn import NotFoldableError, reparameterize
 
 BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
 # built-in datasets: generator, crop sizes, one-line description
@@ -122,6 +124,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--start-epoch", default=0, type=int, metavar="N", help="first epoch (overridden by --resume)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPU only)")
     p.add_argument("--test-only", action="store_true", help="only evaluate (use with --weights or --resume)")
+    p.add_argument("--reparameterize", action="store_true",
+                   help="with --test-only: fold every DERO unit into one conv first and evaluate the deployed form "
+                        "(models built with --dero-style rep; yolo_dero.nn.reparameterize)")
     p.add_argument("--auto-augment", default=None, type=str, choices=cdata.AUTO_AUGMENT_CHOICES)
     p.add_argument("--ra-magnitude", default=9, type=int)
     p.add_argument("--augmix-severity", default=3, type=int)
@@ -261,12 +266,29 @@ def build_model(args, num_classes: int) -> nn.Module:
         raise
 
 
+def _fits_folded(model: nn.Module, sd) -> bool:
+    """Whether ``sd`` is the state dict of ``model`` folded by :func:`yolo_dero.nn.reparameterize`."""
+    try:
+        folded = reparameterize(copy.deepcopy(model))
+    except NotFoldableError:
+        return False
+    return not utils.state_dict_mismatch(folded, sd)
+
+
 def load_weights_into(model: nn.Module, obj, source: str, what: str, args) -> None:
     try:
         sd = utils.extract_state_dict(obj)
     except ValueError as e:
         raise UserError(f"{what} {source}: {e}") from None
     problem = utils.state_dict_mismatch(model, sd)
+    if problem and _fits_folded(model, sd):  # weights of the re-parameterized (deployed) form
+        if not args.test_only:
+            raise UserError(f"{what} {source} holds the folded (re-parameterized) weights of --model {args.model}: "
+                            "they deploy and evaluate (--test-only) but cannot be trained; start from the unfolded "
+                            "checkpoint.pth instead")
+        reparameterize(model)
+        print(f"{what} {source}: folded (re-parameterized) weights; evaluating the folded model")
+        problem = None
     if problem:
         raise UserError(f"{what} {source} does not fit --model {args.model} with {args.num_classes} classes: "
                         f"{problem}. Pass the --model (and --num-classes) the file was trained with.")
@@ -515,6 +537,17 @@ def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> H
     if args.weights:
         load_weights_into(model, read_file(args.weights, "--weights"), args.weights, "--weights", args)
         print(f"Loaded weights from {args.weights}")
+    if args.reparameterize:
+        if not args.test_only:
+            raise UserError("--reparameterize folds the model for evaluation: use it with --test-only")
+        if args.resume:  # load before folding: the checkpoint holds the unfolded form
+            load_weights_into(model, read_file(args.resume, "--resume"), args.resume, "--resume", args)
+            args.resume = None
+        try:
+            reparameterize(model)
+        except NotFoldableError as e:
+            raise UserError(f"--reparameterize: {e}") from None
+        print("Evaluating the re-parameterized (folded) model: plain convolutions only")
     if args.sync_bn and distributed:
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

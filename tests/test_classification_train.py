@@ -233,3 +233,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(work, data):
     assert _sha(out / "checkpoint.pth") == _sha(out / "model_0.pth")
     assert not (out / "model_1.pth").exists()
     assert not [f for f in out.iterdir() if ".tmp-" in f.name]
+
+
+def test_reparameterized_model_evaluates_like_the_trained_one(work, data):
+    """A model trained in the re-parameterizable style evaluates the same folded (--reparameterize), and its
+    folded weights reload for evaluation but are refused for training."""
+    from yolo_dero.nn import reparameterize
+
+    out = work / "rep"
+    rep = ["--dero-style", "rep"]
+    text = _ok(_train(work, *_common(data, out), *rep, "--epochs", "1", "--lr", "0.02"))
+    acc = _acc(text)[-1]
+    ckpt = out / "checkpoint.pth"
+    text = _ok(_train(work, *_common(data), *rep, "--test-only", "--weights", ckpt, "--reparameterize"))
+    assert "re-parameterized (folded) model" in text and _acc(text) == [acc]
+    model = get_model(MODEL, num_classes=3, style="rep")
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    torch.save(reparameterize(model.eval()).state_dict(), work / "folded.pth")
+    text = _ok(_train(work, *_common(data), *rep, "--test-only", "--weights", work / "folded.pth"))
+    assert "folded (re-parameterized) weights" in text and _acc(text) == [acc]
+    p = _train(work, *_common(data, work / "rep2"), *rep, "--epochs", "1", "--weights", work / "folded.pth")
+    assert p.returncode == 2 and "cannot be trained" in p.stderr
