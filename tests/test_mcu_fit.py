@@ -81,7 +81,7 @@ def test_default_export_is_planned_and_verified(default_export):
 
 
 def test_fit_line_of_the_default_export(default_export):
-    out, rc, text, _ = default_export
+    out, _, text, _ = default_export
     line = [x for x in text.splitlines() if x.startswith("fit:")]
     assert len(line) == 1
     f = fit_check(out, 64)
@@ -162,13 +162,21 @@ def test_failed_plan_check_leaves_no_out_and_keeps_the_export(toys, monkeypatch)
     assert "fit:" not in text                                    # no fit verdict for a failed export
 
 
+def test_unknown_model_keeps_an_earlier_out(tmp_path):
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"an earlier export")
+    rc, _, err = _run(["export", "--model", str(tmp_path / "missing.pt"), "--imgsz", "32", "--out", str(out)])
+    assert rc == 2 and "missing.pt" in err
+    assert out.read_bytes() == b"an earlier export"             # nothing was exported: nothing removed
+
+
 @pytest.mark.parametrize("cmd", ["export", "arena"])
 @pytest.mark.parametrize("value", ["0", "-64", "nan"])
 def test_non_positive_sram_is_refused(tmp_path, cmd, value):
     out = tmp_path / "m.tflite"
     argv = (["export", "--model", "mcunet_plain_v4", "--imgsz", "32", "--out", str(out)] if cmd == "export"
             else ["arena", str(out)]) + [f"--sram-kb={value}"]
-    rc, text, err = _run(argv)
+    rc, _, err = _run(argv)
     assert rc == 2
     assert f"--sram-kb {value}" in err and "positive number of KiB" in err and "--sram-kb 256" in err
     assert not out.exists() and not unplanned_path(out).exists()

@@ -35,15 +35,17 @@ def unplanned_path(out) -> Path:
 
 
 def _export(a) -> int:
-    from .export import export_model, require
+    from ..memory.loading import load_model
+    from .export import export_tflite, require
 
     plan = not a.no_plan
     # the plan's check runs in TFLM and the fit check measures there: fail before exporting, not after
     require("litert_torch", "torchao", *(("ai_edge_litert", "tflite_micro") if plan or a.sram_kb else ()))
+    model, _ = load_model(a.model)  # a wrong name or path fails here, before anything is written or removed
     out = Path(a.out)
     raw = unplanned_path(out) if plan else out
     try:
-        r = export_model(a.model, a.imgsz, raw, calib=a.calib, num_calib=a.num_calib, quiet=not a.verbose)
+        r = export_tflite(model, a.imgsz, raw, calib=a.calib, num_calib=a.num_calib, quiet=not a.verbose)
         print(f"wrote {r.path} ({r.bytes:,} bytes, {r.seconds} s{', without a plan' if plan else ''}): "
               f"input int8 NHWC {r.input_shape}, outputs {r.output_shapes}")
         print("operators: " + ", ".join(f"{k} {v}" for k, v in sorted(r.op_counts.items())))
