@@ -1,10 +1,16 @@
 """``python -m yolo_dero.mcu {export,arena,crosscheck}`` (see docs/deployment.md).
 
     python -m yolo_dero.mcu export --model mcunet_dero_v4 --imgsz 96 --out m.tflite [--calib DIR|YAML] [--num-calib 8]
-    python -m yolo_dero.mcu arena m.tflite [--json arena.json]
+        [--no-plan | --keep-unplanned] [--no-inplace] [--num-inputs 3] [--sram-kb 256]
+    python -m yolo_dero.mcu arena m.tflite [--json arena.json] [--sram-kb 256]
     python -m yolo_dero.mcu crosscheck [--only MCUNet-v4 toy_plain_chain ...]
     python -m yolo_dero.mcu plan m.tflite --out m_planned.tflite [--no-inplace] [--json plan.json]
     python -m yolo_dero.mcu plan-report [--keep DIR] [--only MCUNet-v4 ...]
+
+export writes --out with an offline memory plan (elementwise ops in place), verified bit-identical to the
+unplanned file in TFLM; --no-plan writes the plain export there instead. Exit codes: 0 done (and fits, with
+--sram-kb), 1 the plan or the TFLM output check failed, 2 bad arguments / missing package / float tensors left,
+3 (EXIT_NO_FIT) the model does not fit --sram-kb.
 """
 
 from __future__ import annotations
@@ -18,21 +24,67 @@ from pathlib import Path
 from ..paths import REPO_ROOT
 
 
-def _export(a) -> int:
-    from .export import export_model
+#: exit status of ``export`` / ``arena --sram-kb`` when the model does not fit the part's SRAM
+EXIT_NO_FIT = 3
 
-    r = export_model(a.model, a.imgsz, a.out, calib=a.calib, num_calib=a.num_calib, quiet=not a.verbose)
-    print(f"wrote {r.path} ({r.bytes:,} bytes, {r.seconds} s): input int8 NHWC {r.input_shape}, "
-          f"outputs {r.output_shapes}")
-    print("operators: " + ", ".join(f"{k} {v}" for k, v in sorted(r.op_counts.items())))
-    print(f"lowering: {r.lowering}; full-integer check passed")
-    for n in r.notes:
-        print(f"note: {n}")
-    if getattr(a, "plan", False):  # --- offline memory plan (plan.py) ---
-        out = Path(a.out)
-        planned = out.with_name(out.stem + "_planned" + out.suffix)
-        return _plan_one(str(out), str(planned), inplace=True, json_out=None)
+
+def unplanned_path(out) -> Path:
+    """Where ``export`` writes the export before it is planned: ``m.tflite`` -> ``m_unplanned.tflite``."""
+    out = Path(out)
+    return out.with_name(out.stem + "_unplanned" + out.suffix)
+
+
+def _export(a) -> int:
+    from ..memory.loading import load_model
+    from .export import export_tflite, require
+
+    plan = not a.no_plan
+    # the plan's check runs in TFLM and the fit check measures there: fail before exporting, not after
+    require("litert_torch", "torchao", *(("ai_edge_litert", "tflite_micro") if plan or a.sram_kb else ()))
+    model, _ = load_model(a.model)  # a wrong name or path fails here, before anything is written or removed
+    out = Path(a.out)
+    raw = unplanned_path(out) if plan else out
+    try:
+        r = export_tflite(model, a.imgsz, raw, calib=a.calib, num_calib=a.num_calib, quiet=not a.verbose)
+        print(f"wrote {r.path} ({r.bytes:,} bytes, {r.seconds} s{', without a plan' if plan else ''}): "
+              f"input int8 NHWC {r.input_shape}, outputs {r.output_shapes}")
+        print("operators: " + ", ".join(f"{k} {v}" for k, v in sorted(r.op_counts.items())))
+        print(f"lowering: {r.lowering}; full-integer check passed")
+        for n in r.notes:
+            print(f"note: {n}")
+        rc = _plan_one(str(raw), str(out), inplace=not a.no_inplace, json_out=None, n_inputs=a.num_inputs) \
+            if plan else 0
+    except Exception:
+        _failed(out, raw if plan else None)
+        raise
+    if rc:
+        _failed(out, raw)
+        return rc
+    if plan and not a.keep_unplanned:
+        raw.unlink()
+        print(f"removed {raw} (the export without the plan; --keep-unplanned keeps it)")
+    if a.sram_kb is not None:
+        return _fit(out, a.sram_kb)
     return 0
+
+
+def _failed(out: Path, raw) -> None:
+    """A failed export leaves no ``--out``: an earlier file there (a planned file of an earlier run, verified
+    then) must not pass for this export's result. The unplanned export is kept for inspection."""
+    if raw is not None and out.exists():
+        out.unlink()
+        print(f"note: removed the earlier {out} so that it cannot pass for this export", file=sys.stderr)
+    if raw is not None and Path(raw).exists():
+        print(f"note: the export without the plan is kept at {raw} (export --no-plan writes it to --out)",
+              file=sys.stderr)
+
+
+def _fit(path, sram_kb: float, arena=None) -> int:
+    from .fit import fit_check
+
+    f = fit_check(path, sram_kb, arena=arena)
+    print(f.line())
+    return 0 if f.fits else EXIT_NO_FIT
 
 
 # --- offline memory plan (yolo_dero/mcu/plan.py) ---
@@ -89,7 +141,9 @@ def _arena(a) -> int:
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(r.to_dict(), indent=1))
-    return 0 if (r.outputs_match is not False) else 1
+    if r.outputs_match is False:
+        return 1
+    return _fit(a.file, a.sram_kb, arena=r) if a.sram_kb is not None else 0
 
 
 def _reparam_report(a) -> int:
@@ -124,6 +178,15 @@ def count_problem(a: argparse.Namespace) -> str | None:
     return None
 
 
+def plan_options_problem(a: argparse.Namespace) -> str | None:
+    """``export --no-plan`` together with an option that only means something with the plan, or None."""
+    if not getattr(a, "no_plan", False):
+        return None
+    clash = [f for f, d in (("--plan", "plan"), ("--keep-unplanned", "keep_unplanned"), ("--no-inplace", "no_inplace"))
+             if getattr(a, d, False)]
+    return f"--no-plan with {', '.join(clash)}: those options apply to the plan; drop one side" if clash else None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m yolo_dero.mcu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,13 +198,24 @@ def main(argv=None) -> int:
     e.add_argument("--calib", default=None, help="image folder, .txt list or data YAML (default: synthetic)")
     e.add_argument("--num-calib", type=int, default=8)
     e.add_argument("--verbose", action="store_true", help="show the converter's progress output")
-    e.add_argument("--plan", action="store_true", help="also write OUT_planned.tflite with an offline memory plan")
+    e.add_argument("--no-plan", action="store_true",
+                   help="write the export to --out without an offline memory plan (TFLM plans online)")
+    e.add_argument("--plan", action="store_true",
+                   help="accepted for old command lines; planning is the default (no OUT_planned.tflite any more)")
+    e.add_argument("--keep-unplanned", action="store_true",
+                   help="keep the export without the plan beside --out as OUT_unplanned.tflite")
+    e.add_argument("--no-inplace", action="store_true", help="plan placement only: no elementwise op in place")
+    e.add_argument("--num-inputs", type=int, default=3, help="random int8 inputs for the plan's TFLM check")
+    e.add_argument("--sram-kb", type=float, default=None, metavar="N",
+                   help=f"check the TFLM arena against N KiB of SRAM (exit {EXIT_NO_FIT} if it does not fit)")
     ar = sub.add_parser("arena", help="measure a .tflite in TFLite Micro")
     ar.add_argument("file")
     ar.add_argument("--json", default=None)
     ar.add_argument("--no-bisect", action="store_true")
     ar.add_argument("--no-check", action="store_true", help="skip the TFLM vs LiteRT output check")
     ar.add_argument("--tolerance", type=int, default=2)
+    ar.add_argument("--sram-kb", type=float, default=None, metavar="N",
+                    help=f"check the arena against N KiB of SRAM (exit {EXIT_NO_FIT} if it does not fit)")
     c = sub.add_parser("crosscheck", help="analyzer tflm engine vs measured TFLM arena -> results/mcu_crosscheck.*")
     c.add_argument("--md", default=str(REPO_ROOT / "results" / "mcu_crosscheck.md"))
     c.add_argument("--json", default=str(REPO_ROOT / "results" / "mcu_crosscheck.json"))
@@ -171,8 +245,13 @@ def main(argv=None) -> int:
     pr.add_argument("--num-inputs", type=int, default=2)
     # --- end offline memory plan ---
     a = p.parse_args(argv)
-    if count_problem(a):
-        print(f"error: {count_problem(a)}", file=sys.stderr)
+    problem = count_problem(a) or plan_options_problem(a)
+    if problem is None:
+        from .fit import sram_problem
+
+        problem = sram_problem(getattr(a, "sram_kb", None))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
