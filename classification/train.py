@@ -155,6 +155,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "exact unit: a BatchNorm on every shortcut)")
     p.add_argument("--shortcut-gain", default=None, type=float,
                    help="DERO models: initial weight of the shortcut BatchNorms (0 starts as the plain twin)")
+    p.add_argument("--branch-gain", default=None, type=float,
+                   help="DERO models with --dero-style rep/post: initial weight of the operator BatchNorm of units "
+                        "with a shortcut (0 starts every unit as its shortcut alone)")
     p.add_argument("--teacher", default=None, type=str,
                    help="knowledge distillation: a zoo model name to distil from (with --teacher-weights)")
     p.add_argument("--teacher-weights", default=None, type=str, help="the teacher's checkpoint.pth or state_dict")
@@ -246,11 +249,12 @@ def build_model(args, num_classes: int) -> nn.Module:
     from classification.models import get_model
 
     kwargs = {}
-    if getattr(args, "dero_style", None) or getattr(args, "shortcut_gain", None) is not None:
+    gains = {k: getattr(args, k, None) for k in ("shortcut_gain", "branch_gain")}
+    if getattr(args, "dero_style", None) or any(v is not None for v in gains.values()):
         from yolo_dero.nn import get_style
 
         try:
-            overrides = {} if args.shortcut_gain is None else {"shortcut_gain": args.shortcut_gain}
+            overrides = {k: v for k, v in gains.items() if v is not None}
             kwargs["style"] = get_style(args.dero_style, **overrides)
         except ValueError as e:
             raise UserError(f"--dero-style: {e}") from None
@@ -262,7 +266,8 @@ def build_model(args, num_classes: int) -> nn.Module:
         raise
     except TypeError:
         if kwargs:
-            raise UserError(f"--dero-style/--shortcut-gain apply to DERO models only, not --model {args.model}") from None
+            raise UserError(f"--dero-style/--shortcut-gain/--branch-gain apply to DERO models only, "
+                            f"not --model {args.model}") from None
         raise
 
 

@@ -151,3 +151,15 @@ def test_repvgg_twin_folds_into_the_plain_network(name):
         assert _rel_err(model(x), folded(x)) < 1e-5
     plain = reparameterize(_randomize_bn(get_model(name.replace("dero", "plain"), num_classes=10, style="rep")))
     assert _conv_shapes(folded) == _conv_shapes(plain)
+
+
+def test_branch_gain_zero_starts_units_as_their_shortcut():
+    from yolo_dero.nn import get_style
+
+    model = get_model("resnet34dero", num_classes=10, style=get_style("rep", branch_gain=0.0))
+    units = [m for m in model.modules() if isinstance(m, DeroUnit) and m.shortcut is not None]
+    assert units and all(float(u.bn.weight.abs().max()) == 0.0 for u in units)
+    unit = units[1].eval()  # an identity unit: y = relu(0 + x) = x for x >= 0
+    x = torch.rand(1, unit.c_in, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(unit(x), x)

@@ -55,6 +55,7 @@ CLS_ARMS: Dict[str, tuple] = {
     "plain-kd": ("plain", []),
     "dero-rep": ("dero", ["--dero-style", "rep"]),
     "dero-rep-pre": ("dero", ["--dero-style", "rep-pre"]),
+    "dero-rep-zero": ("dero", ["--dero-style", "rep", "--branch-gain", "0"]),
     "plain-rep": ("plain", ["--dero-style", "rep"]),
     "repvgg": ("dero", ["--dero-style", "repvgg"]),  # not DERO: RepVGG's branches on the same topology
 }
@@ -428,7 +429,7 @@ def load_runs(out: Path) -> Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]
 
 
 ARM_ORDER = ["original", "plain", "plain-post", "plain-kd", "dero", "dero-kd", "dero-headnorm", "dero-headnorm-kd",
-             "dero-identity", "dero-identity-kd", "dero-post", "plain-rep", "dero-rep", "dero-rep-pre", "repvgg",
+             "dero-identity", "dero-identity-kd", "dero-post", "plain-rep", "dero-rep", "dero-rep-zero", "dero-rep-pre", "repvgg",
              "dero-gain0", "dero-seed", "dero-seed-gain0"]
 
 

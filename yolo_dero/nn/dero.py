@@ -55,6 +55,8 @@ class DeroStyle:
             ``act_after_add``, and folds into the kxk kernel's centre).
         identity_shortcuts_only: shortcuts only where ``S`` is the identity (same channels, stride 1), as RepVGG's
             identity branch; elsewhere the unit has none.
+        branch_gain: initial weight of the operator's BatchNorm in units with a shortcut (``norm="post"`` only);
+            0 starts every unit as its shortcut alone ("zero-init residual").
     """
 
     shortcut_norm: str = "all"
@@ -65,6 +67,7 @@ class DeroStyle:
     pool_shortcut: bool = True
     branch_1x1: bool = False
     identity_shortcuts_only: bool = False
+    branch_gain: float = 1.0
 
     def __post_init__(self):
         if self.shortcut_norm not in ("all", "changes", "strided", "none"):
@@ -114,11 +117,16 @@ def get_style(style: Union[str, DeroStyle, None] = None, **overrides) -> DeroSty
 
 
 def init_shortcuts(model: nn.Module, style: DeroStyle) -> None:
-    """Set every shortcut BatchNorm of ``model`` to the style's initial gain (after the family's weight init)."""
+    """Set every shortcut BatchNorm of ``model`` to the style's initial gain and, with ``branch_gain != 1``, the
+    post-norm BatchNorm of every unit that has a shortcut to ``branch_gain`` (after the family's weight init)."""
     for m in model.modules():
         if isinstance(m, Shortcut) and isinstance(m.bn, nn.BatchNorm2d):
             nn.init.constant_(m.bn.weight, style.shortcut_gain)
             nn.init.zeros_(m.bn.bias)
+        elif style.branch_gain != 1.0 and isinstance(m, DeroUnit) and m.shortcut is not None \
+                and isinstance(m.bn, nn.BatchNorm2d):
+            nn.init.constant_(m.bn.weight, style.branch_gain)
+
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
