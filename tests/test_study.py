@@ -131,6 +131,20 @@ def test_table_mean_std_and_diverged(tmp_path):
     assert "50.00 ± 56.57" in dero and "1/2" in dero and "nan" in dero
 
 
+def test_int8_records_have_their_own_table(tmp_path):
+    """int8 records sit beside the training runs; the accuracy table ignores them, the int8 table reads them."""
+    for s, acc in enumerate([80.0, 82.0]):
+        _fake_run(tmp_path, "dero-rep", s, acc)
+        study._write_json(tmp_path / "cls-x" / "resnet34" / "dero-rep" / f"int8_seed{s}.json",
+                          {"arch": "resnet34", "arm": "dero-rep", "seed": s, "float_acc1": acc,
+                           "int8_acc1": acc - 1.0, "agreement": 97.0})
+    text = study.write_table(tmp_path).read_text()
+    assert "81.00 ± 1.41" in next(line for line in text.splitlines() if line.startswith("| dero-rep"))
+    int8 = study.write_int8_table(tmp_path, "cls-x").read_text()
+    row = next(line for line in int8.splitlines() if line.startswith("| resnet34 | dero-rep"))
+    assert "81.00 ± 1.41 | 80.00 ± 1.41 | -1.00 ± 0.00" in row
+
+
 @pytest.mark.slow
 def test_study_command_trains_records_and_skips_done_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DERO_CACHE_DIR", str(tmp_path / "cache"))

@@ -313,9 +313,9 @@ def int8_accuracy(arch: str, arm: str, seed: int, run_dir: Path, num_calib: int 
 
 
 def write_int8_table(out: Path, budget: str) -> Path:
-    """``<out>/<budget>/int8_accuracy.md`` from the ``seed*.int8.json`` records of that budget."""
+    """``<out>/<budget>/int8_accuracy.md`` from the ``int8_seed*.json`` records of that budget."""
     recs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
-    for f in sorted((Path(out) / budget).glob("*/*/seed*.int8.json")):
+    for f in sorted((Path(out) / budget).glob("*/*/int8_seed*.json")):
         r = json.loads(f.read_text())
         recs.setdefault(r["arch"], {}).setdefault(r["arm"], []).append(r)
     lines = ["# Int8 accuracy on the real-image benchmark: float vs full-int8 TFLite, mean ± std over seeds", "",
@@ -572,7 +572,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for arch in args.arch:
             for seed in args.seeds:
                 for arm in args.arms:
-                    path = out / args.budget / arch / arm / f"seed{seed}.int8.json"
+                    path = out / args.budget / arch / arm / f"int8_seed{seed}.json"  # not a training run's seed*.json
                     if path.is_file():
                         continue
                     rec = int8_accuracy(arch, arm, seed, Path(args.runs) / args.budget / arch / arm / f"seed{seed}",
