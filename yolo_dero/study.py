@@ -56,6 +56,7 @@ CLS_ARMS: Dict[str, tuple] = {
     "dero-rep": ("dero", ["--dero-style", "rep"]),
     "dero-rep-pre": ("dero", ["--dero-style", "rep-pre"]),
     "dero-rep-zero": ("dero", ["--dero-style", "rep", "--branch-gain", "0"]),
+    "dero-rep-kd": ("dero", ["--dero-style", "rep"]),
     "plain-rep": ("plain", ["--dero-style", "rep"]),
     "repvgg": ("dero", ["--dero-style", "repvgg"]),  # not DERO: RepVGG's branches on the same topology
 }
@@ -429,7 +430,7 @@ def load_runs(out: Path) -> Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]
 
 
 ARM_ORDER = ["original", "plain", "plain-post", "plain-kd", "dero", "dero-kd", "dero-headnorm", "dero-headnorm-kd",
-             "dero-identity", "dero-identity-kd", "dero-post", "plain-rep", "dero-rep", "dero-rep-zero", "dero-rep-pre", "repvgg",
+             "dero-identity", "dero-identity-kd", "dero-post", "plain-rep", "dero-rep", "dero-rep-kd", "dero-rep-zero", "dero-rep-pre", "repvgg",
              "dero-gain0", "dero-seed", "dero-seed-gain0"]
 
 
