@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.dero import DeroUnit, Shortcut
-from ..nn.reparam import reparameterize
+from ..nn.reparam import fold_input_norm, reparameterize
 
 ImgSize = Union[int, Sequence[int]]
 
@@ -127,21 +127,12 @@ def _fold_bn_in(unit: DeroUnit) -> bool:
     conv, bn = unit.conv, unit.bn_in
     if not isinstance(bn, nn.BatchNorm2d) or any(conv.padding) or conv.padding_mode != "zeros":
         return False
-    a = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)     # per input channel
-    b = bn.bias.detach() - bn.running_mean * a
-    w = conv.weight.detach()                                         # (c_out, c_in/g, kh, kw)
-    c_out, cg = w.shape[:2]
-    g = conv.groups
-    idx = (torch.arange(c_out) // (c_out // g)).view(-1, 1) * cg + torch.arange(cg).view(1, -1)  # input channel
-    a_in, b_in = a[idx], b[idx]                                      # (c_out, cg)
-    new_w = w * a_in[:, :, None, None]
-    new_b = (conv.bias.detach() if conv.bias is not None else torch.zeros(c_out)) + \
-        (w * b_in[:, :, None, None]).sum(dim=(1, 2, 3))
+    w, b = fold_input_norm(conv, bn)
     new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.groups, bias=True)
     with torch.no_grad():
-        new.weight.copy_(new_w)
-        new.bias.copy_(new_b)
+        new.weight.copy_(w.float())
+        new.bias.copy_(b.float())
     unit.conv = new
     unit.bn_in = nn.Identity()
     return True

@@ -26,7 +26,8 @@ from .dero import DeroPool, DeroUnit, Shortcut
 #: ``i``, input index ``f``, ``type``, parameter count ``np``); a folded layer carries it over
 LAYER_ATTRIBUTES = ("i", "f", "type", "np")
 
-__all__ = ["FoldedUnit", "NotFoldableError", "fold_unit", "reparameterize", "bn_affine", "fold_reason"]
+__all__ = ["FoldedUnit", "NotFoldableError", "fold_unit", "reparameterize", "bn_affine", "fold_input_norm",
+           "fold_reason"]
 
 
 class NotFoldableError(ValueError):
@@ -84,23 +85,27 @@ def fold_reason(unit: DeroUnit) -> Optional[str]:
     return None
 
 
-def _branch(unit: DeroUnit) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias (float64) of ``bn(conv(bn_in(.)))`` (plus RepVGG's 1x1 branch) as one convolution on the
-    (padded) input."""
-    conv = unit.conv
+def fold_input_norm(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias (float64) of ``conv(bn(.))`` as one convolution, ``bn`` an inference BatchNorm (or Identity)
+    on the conv's input. Exact only where the conv does not zero-pad ``bn``'s output (see :func:`fold_reason`)."""
     w = conv.weight.detach().double()                      # (c_out, c_in / groups, kh, kw)
     c_out, cg = w.shape[:2]
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(c_out, dtype=torch.float64)
-    a_in, t_in = bn_affine(unit.bn_in, unit.c_in)
+    a_in, t_in = bn_affine(bn, conv.in_channels)
     # input channel read by weight[o, j]: group(o) * cg + j
     idx = (torch.arange(c_out) // (c_out // conv.groups)).view(-1, 1) * cg + torch.arange(cg).view(1, -1)
-    b = b + (w * t_in[idx][:, :, None, None]).sum(dim=(1, 2, 3))
-    w = w * a_in[idx][:, :, None, None]
-    a_out, t_out = bn_affine(unit.bn, c_out)
+    return w * a_in[idx][:, :, None, None], b + (w * t_in[idx][:, :, None, None]).sum(dim=(1, 2, 3))
+
+
+def _branch(unit: DeroUnit) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias (float64) of ``bn(conv(bn_in(.)))`` (plus RepVGG's 1x1 branch) as one convolution on the
+    (padded) input."""
+    w, b = fold_input_norm(unit.conv, unit.bn_in)
+    a_out, t_out = bn_affine(unit.bn, w.shape[0])
     w, b = w * a_out.view(-1, 1, 1, 1), b * a_out + t_out
     if unit.branch_1x1 is not None:  # RepVGG's 1x1 branch: the centre tap of the kxk window
         conv_1x1, bn_1x1 = unit.branch_1x1
-        a1, t1 = bn_affine(bn_1x1, c_out)
+        a1, t1 = bn_affine(bn_1x1, w.shape[0])
         w = w.clone()
         w[:, :, w.shape[2] // 2, w.shape[3] // 2] += conv_1x1.weight.detach().double()[:, :, 0, 0] * a1.view(-1, 1)
         b = b + t1
