@@ -440,8 +440,9 @@ def to_markdown(runs, out: str = "results/study") -> str:
              "yolo_dero.study cls|det ...` with the recipe of each table (a finished run is kept, so a study runs "
              "in pieces). Each cell is mean ± sample std over the seeds listed; top-1 is after "
              "the last epoch. `dero` is the DERO unit in its default style, `dero-seed` the seed's exact unit "
-             "(a BatchNorm on every shortcut); `-gain0` starts the shortcut BatchNorms at 0; `-kd` distils from the "
-             "same seed's trained original. A run whose loss became NaN/inf stops there ('diverged') and "
+             "(a BatchNorm on every shortcut); `-rep` the re-parameterizable form (activation after the add, folds "
+             "into one conv per unit), `repvgg` RepVGG's branches on the same topology; `-gain0` starts the shortcut "
+             "BatchNorms at 0, `-zero` the branch BatchNorms; `-kd` distils from the same seed's trained original. A run whose loss became NaN/inf stops there ('diverged') and "
              "scores chance (10%) from then on.", ""]
     for budget, archs in runs.items():
         for arch, arms in archs.items():
