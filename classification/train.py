@@ -498,8 +498,9 @@ def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> H
     distributed, local_rank = utils.init_distributed(torch.device(args.device).type)
     device = torch.device(f"cuda:{local_rank}" if distributed and args.device.startswith("cuda") else args.device)
     args.distributed, args.world_size = distributed, utils.world_size()
-    if args.batch_size < 1 or args.epochs < 1:
-        raise UserError("--batch-size and --epochs must be at least 1")
+    for flag, value, example in (("--batch-size", args.batch_size, 32), ("--epochs", args.epochs, 90)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1; pass e.g. {flag} {example}")
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
         if utils.is_main():  # temporaries of saves that a kill interrupted (the checkpoints themselves are whole)

@@ -74,6 +74,16 @@ def _batch_problem(batch: Any) -> str | None:
     return None
 
 
+def _count_problem(given: dict[str, Any]) -> str | None:
+    """Why --epochs/--imgsz (or epochs=/imgsz= given as key=value) are refused, or None: below 1 Ultralytics
+    fails with a traceback after the data and the model are built."""
+    for key, example in (("epochs", QUICK["epochs"]), ("imgsz", QUICK["imgsz"])):
+        v = given.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 1:
+            return f"--{key} {v:g}: must be at least 1; pass e.g. --{key} {example}"
+    return None
+
+
 # write errors reported as a full disk (EFBIG: a file-size limit, which the fault-injection tests use)
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -195,8 +205,9 @@ def train_main(argv: list[str] | None = None) -> int:
     given.update(plots=args.plots, val=args.val)
     extra = _extra(args.extra)
     given.update(extra)
-    if _batch_problem(given.get("batch")):
-        return _fail(_batch_problem(given["batch"]))
+    problem = _batch_problem(given.get("batch")) or _count_problem(given)
+    if problem:
+        return _fail(problem)
     t0 = time.time()
     model = None
     try:

@@ -1,0 +1,41 @@
+"""Bad command-line input gives one line naming the problem and the fix, exit code 2, no traceback (issue 14,
+items 11 and 12). Every check runs before any heavy work (data generation, model build, export)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _one_line_error(capsys, code: int, *words: str) -> str:
+    """The captured stderr's error line; asserts exit code 2, no traceback and the key words."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines, "no error message"
+    line = lines[-1]
+    for w in words:
+        assert w in line, f"{w!r} not in {line!r}"
+    return line
+
+
+# ---------------------------------------------------------------------------------------- 1. --epochs 0 / negative
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--epochs", "-3"], ["epochs=0"], ["--imgsz", "0"]])
+def test_train_det_epochs_below_one(argv, tmp_path, capsys):
+    from yolo_dero.ultra.cli import train_main
+
+    code = train_main([*argv, "--project", str(tmp_path)])
+    flag = argv[0].lstrip("-").split("=")[0]
+    _one_line_error(capsys, code, f"--{flag}", "at least 1", "pass e.g.")
+    assert not any(tmp_path.iterdir())  # nothing started
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--batch-size"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_classification_epochs_below_one(flag, value, tmp_path, capsys):
+    from classification.train import main
+
+    code = main([flag, value, "--device", "cpu", "--data-path", str(tmp_path / "nowhere")])
+    _one_line_error(capsys, code, f"{flag} {value}", "at least 1", "pass e.g.")
