@@ -39,3 +39,24 @@ def test_classification_epochs_below_one(flag, value, tmp_path, capsys):
 
     code = main([flag, value, "--device", "cpu", "--data-path", str(tmp_path / "nowhere")])
     _one_line_error(capsys, code, f"{flag} {value}", "at least 1", "pass e.g.")
+
+
+# ---------------------------------------------------------------------------------------- 2. --imgsz 0 / negative
+
+
+@pytest.mark.parametrize("imgsz", [["0"], ["-32"], ["224", "0"]])
+def test_memory_imgsz_below_one(imgsz, capsys):
+    from yolo_dero.memory.__main__ import main
+
+    code = main(["--model", "resnet34", "--imgsz", *imgsz])
+    _one_line_error(capsys, code, "--imgsz", "at least 1", "pass e.g.")
+
+
+@pytest.mark.parametrize("imgsz", ["0", "-96"])
+def test_mcu_export_imgsz_below_one(imgsz, tmp_path, capsys):
+    from yolo_dero.mcu.__main__ import main
+
+    out = tmp_path / "m.tflite"
+    code = main(["export", "--model", "mcunet_dero_v4", "--imgsz", imgsz, "--out", str(out)])
+    _one_line_error(capsys, code, f"--imgsz {imgsz}", "at least 1", "pass e.g.")
+    assert not any(tmp_path.iterdir())

@@ -166,7 +166,8 @@ def _crosscheck(a) -> int:
 # count options that must be at least 1: with 0 the command would succeed without checking anything
 # (an uncalibrated export still passing its check, a plan "bit-identical on 0 inputs")
 COUNT_OPTIONS = {"num_calib": ("--num-calib", "calibration images", 8),
-                 "num_inputs": ("--num-inputs", "random inputs for the TFLM check", 3)}
+                 "num_inputs": ("--num-inputs", "random inputs for the TFLM check", 3),
+                 "imgsz": ("--imgsz", "the input size in pixels", 96)}
 
 
 def count_problem(a: argparse.Namespace) -> str | None:
