@@ -60,3 +60,28 @@ def test_mcu_export_imgsz_below_one(imgsz, tmp_path, capsys):
     code = main(["export", "--model", "mcunet_dero_v4", "--imgsz", imgsz, "--out", str(out)])
     _one_line_error(capsys, code, f"--imgsz {imgsz}", "at least 1", "pass e.g.")
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------- 3. not a TFLite file: arena / plan
+
+
+@pytest.mark.parametrize("cmd", ["arena", "plan"])
+@pytest.mark.parametrize("content", [b"hello\n", bytes(range(256)) * 20, b""])
+def test_mcu_non_tflite_file(cmd, content, tmp_path, capsys):
+    from yolo_dero.mcu.__main__ import main
+
+    f = tmp_path / "model.tflite"
+    f.write_bytes(content)
+    extra = ["--out", str(tmp_path / "planned.tflite")] if cmd == "plan" else []
+    code = main([cmd, str(f), *extra])
+    _one_line_error(capsys, code, str(f), "not a TFLite flatbuffer", "TFL3")
+    assert not (tmp_path / "planned.tflite").exists()
+
+
+@pytest.mark.parametrize("cmd", ["arena", "plan"])
+def test_mcu_missing_tflite_file(cmd, tmp_path, capsys):
+    from yolo_dero.mcu.__main__ import main
+
+    f = tmp_path / "missing.tflite"
+    code = main([cmd, str(f), *(["--out", str(tmp_path / "p.tflite")] if cmd == "plan" else [])])
+    _one_line_error(capsys, code, str(f), "no such file")
