@@ -85,3 +85,16 @@ def test_mcu_missing_tflite_file(cmd, tmp_path, capsys):
     f = tmp_path / "missing.tflite"
     code = main([cmd, str(f), *(["--out", str(tmp_path / "p.tflite")] if cmd == "plan" else [])])
     _one_line_error(capsys, code, str(f), "no such file")
+
+
+# ------------------------------------------------------------------------------- 4. corrupt .pt: memory analyzer
+
+
+@pytest.mark.parametrize("content", [b"\x00not a checkpoint" * 10, b"PK\x03\x04truncated zip"])
+def test_memory_corrupt_checkpoint(content, tmp_path, capsys):
+    from yolo_dero.memory.__main__ import main
+
+    f = tmp_path / "broken.pt"
+    f.write_bytes(content)
+    code = main(["--model", str(f), "--imgsz", "32"])
+    _one_line_error(capsys, code, str(f), "not a readable PyTorch checkpoint")
