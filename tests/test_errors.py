@@ -98,3 +98,24 @@ def test_memory_corrupt_checkpoint(content, tmp_path, capsys):
     f.write_bytes(content)
     code = main(["--model", str(f), "--imgsz", "32"])
     _one_line_error(capsys, code, str(f), "not a readable PyTorch checkpoint")
+
+
+# ------------------------------------------------------------------------------- 5. unknown key=value: train_det.py
+
+
+@pytest.mark.parametrize("token, words", [("foo=1", ["'foo'", "unknown Ultralytics option", "--help"]),
+                                          ("hsv_hh=0.1", ["'hsv_hh'", "did you mean hsv_h"]),
+                                          ("cos_lr", ["'cos_lr'", "key=value", "--help"])])
+def test_train_det_unknown_option(token, words, tmp_path, capsys):
+    from yolo_dero.ultra.cli import train_main
+
+    code = train_main([token, "--project", str(tmp_path)])
+    _one_line_error(capsys, code, *words)
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_det_known_options_pass_validation():
+    from yolo_dero.ultra.cli import _extra
+
+    assert _extra(["hsv_h=0.0", "cos-lr=True", "degrees=5"]) == {"hsv_h": 0.0, "cos_lr": True,
+                                                                            "degrees": 5}

@@ -47,16 +47,32 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+class OptionError(ValueError):
+    """A trailing ``key=value`` option that is malformed or that Ultralytics does not know."""
+
+
 def _extra(tokens: list[str]) -> dict[str, Any]:
-    """Trailing ``key=value`` Ultralytics options (values parsed as Python/YAML scalars)."""
+    """Trailing ``key=value`` Ultralytics options (values parsed as Python/YAML scalars); a malformed token or a
+    key Ultralytics does not know raises :class:`OptionError` naming it (Ultralytics' own check is a traceback)."""
+    import difflib
+
     import yaml
+    from ultralytics.cfg import DEFAULT_CFG_DICT
 
     out = {}
     for t in tokens:
         if "=" not in t:
-            raise SystemExit(f"error: unrecognised argument {t!r} (extra Ultralytics options are key=value)")
+            raise OptionError(f"unrecognised argument {t!r}: extra Ultralytics options are key=value "
+                              f"(e.g. cos_lr=True); see python train_det.py --help")
         k, v = t.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        k = k.strip().replace("-", "_")
+        if k not in DEFAULT_CFG_DICT:
+            close = difflib.get_close_matches(k, list(DEFAULT_CFG_DICT), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise OptionError(f"unknown Ultralytics option '{k}' (in {t!r}): {hint}valid keys include hsv_h, "
+                              f"fliplr, cos_lr, degrees, dropout; see python train_det.py --help and "
+                              f"Ultralytics' default.yaml for all {len(DEFAULT_CFG_DICT)}")
+        out[k] = yaml.safe_load(v)
     return out
 
 
@@ -203,7 +219,10 @@ def train_main(argv: list[str] | None = None) -> int:
     if args.cos_lr:
         given["cos_lr"] = True
     given.update(plots=args.plots, val=args.val)
-    extra = _extra(args.extra)
+    try:
+        extra = _extra(args.extra)
+    except OptionError as e:
+        return _fail(str(e))
     given.update(extra)
     problem = _batch_problem(given.get("batch")) or _count_problem(given)
     if problem:
