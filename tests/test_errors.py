@@ -119,3 +119,43 @@ def test_train_det_known_options_pass_validation():
 
     assert _extra(["hsv_h=0.0", "cos-lr=True", "degrees=5"]) == {"hsv_h": 0.0, "cos_lr": True,
                                                                             "degrees": 5}
+
+
+# ---------------------------------------------------------------------- 6. nc != len(names); 8. --data is a folder
+
+
+def _yaml(tmp_path, text):
+    (tmp_path / "ds" / "images" / "train").mkdir(parents=True)
+    (tmp_path / "ds" / "images" / "val").mkdir(parents=True)
+    f = tmp_path / "my.yaml"
+    f.write_text(f"path: {tmp_path / 'ds'}\ntrain: images/train\nval: images/val\n{text}")
+    return f
+
+
+@pytest.mark.parametrize("names", ["[a, b]", "{0: a, 1: b}"])
+def test_det_nc_names_mismatch(names, tmp_path, capsys):
+    from yolo_dero.ultra.cli import train_main, val_main
+
+    data = _yaml(tmp_path, f"nc: 3\nnames: {names}\n")
+    code = train_main(["--data", str(data), "--project", str(tmp_path / "runs")])
+    _one_line_error(capsys, code, str(data), "nc: 3", "2 classes")
+    assert not (tmp_path / "runs").exists()
+    code = val_main(["--weights", str(tmp_path / "w.pt"), "--data", str(data)])
+    assert code == 2  # the missing weights or the YAML: either way one line
+
+
+def test_det_nc_names_agree_resolves(tmp_path, monkeypatch):
+    monkeypatch.setenv("DERO_CACHE_DIR", str(tmp_path / "cache"))
+    from yolo_dero.datasets import resolve_data
+
+    rd = resolve_data(_yaml(tmp_path, "nc: 2\nnames: [a, b]\n"))
+    assert rd.nc == 2
+
+
+def test_det_data_is_a_folder(tmp_path, capsys):
+    from yolo_dero.ultra.cli import train_main
+
+    folder = tmp_path / "coco"
+    folder.mkdir()
+    code = train_main(["--data", str(folder), "--project", str(tmp_path / "runs")])
+    _one_line_error(capsys, code, str(folder), "is a folder", "data YAML", "--data-path")
