@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+# Ultralytics' logger binds the stderr of the moment it is imported: import it here, not inside a test's capsys
+import yolo_dero.ultra  # noqa: F401,E402
+
 
 def _one_line_error(capsys, code: int, *words: str) -> str:
     """The captured stderr's error line; asserts exit code 2, no traceback and the key words."""
@@ -159,3 +162,35 @@ def test_det_data_is_a_folder(tmp_path, capsys):
     folder.mkdir()
     code = train_main(["--data", str(folder), "--project", str(tmp_path / "runs")])
     _one_line_error(capsys, code, str(folder), "is a folder", "data YAML", "--data-path")
+
+
+# ---------------------------------------------------------------- 7. a detection .pt as classification --weights
+
+
+def test_classification_weights_from_detection(tmp_path, capsys):
+    import torch
+
+    from classification.data import make_shapes_dataset
+    from classification.train import main
+    from yolo_dero.ultra import DeroDetectionModel
+
+    data = make_shapes_dataset(tmp_path / "cls", train_per_class=1, val_per_class=1, size=16, num_classes=2)
+    det = tmp_path / "best.pt"
+    torch.save({"model": DeroDetectionModel("cfg/yolov5n-dero.yaml", nc=2, verbose=False).half(),
+                "train_args": {"imgsz": 64, "task": "detect"}, "epoch": -1, "optimizer": None}, det)
+    code = main(["--weights", str(det), "--test-only", "--device", "cpu", "--data-path", str(data), "-j", "0",
+                 "--model", "mcunet_dero_v4", "--val-resize-size", "16", "--val-crop-size", "16",
+                 "--output-dir", str(tmp_path / "out")])
+    line = _one_line_error(capsys, code, str(det), "Ultralytics detection checkpoint", "val_det.py",
+                           "not a classification")
+    assert "weights_only=False" not in line
+
+
+def test_classification_unreadable_weights_one_line(tmp_path):
+    from classification.train import UserError, read_file
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x00garbage" * 20)
+    with pytest.raises(UserError) as ei:
+        read_file(str(bad), "--weights")
+    assert "\n" not in str(ei.value) and str(bad) in str(ei.value) and "corrupt" in str(ei.value)
