@@ -306,7 +306,27 @@ def read_file(path: str, what: str):
     try:
         return utils.load_file(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        raise UserError(f"{what} {path} cannot be read as a PyTorch checkpoint: {type(e).__name__}: {e}") from None
+        raise UserError(unreadable_file_message(path, what, e)) from None
+
+
+def unreadable_file_message(path: str, what: str, e: Exception) -> str:
+    """One line for a file the safe (weights_only) load refused. PyTorch's own message spans several lines and
+    suggests weights_only=False (arbitrary code execution); this one names what the file is instead."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    glob = found.group(1) if found else None
+    if glob and glob.split(".")[0] == "ultralytics" or (glob or "").startswith("yolo_dero.ultra"):
+        kind = "detection " if "Detection" in glob else ""
+        return (f"{what} {path} is an Ultralytics {kind}checkpoint (it pickles {glob}, e.g. written by "
+                f"train_det.py), not a classification checkpoint or state_dict: evaluate it with val_det.py "
+                f"--weights {path}; {what} takes a checkpoint.pth written by classification/train.py")
+    if glob:
+        return (f"{what} {path} pickles {glob}, which the safe (weights_only) load refuses: pass a checkpoint.pth "
+                f"written by classification/train.py or a plain state_dict of tensors")
+    first = (str(e).strip().splitlines() or [""])[0]
+    return (f"{what} {path} cannot be read as a PyTorch checkpoint (corrupt or not a .pt/.pth file): "
+            f"{type(e).__name__}: {first}")
 
 
 def build_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
@@ -498,8 +518,9 @@ def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> H
     distributed, local_rank = utils.init_distributed(torch.device(args.device).type)
     device = torch.device(f"cuda:{local_rank}" if distributed and args.device.startswith("cuda") else args.device)
     args.distributed, args.world_size = distributed, utils.world_size()
-    if args.batch_size < 1 or args.epochs < 1:
-        raise UserError("--batch-size and --epochs must be at least 1")
+    for flag, value, example in (("--batch-size", args.batch_size, 32), ("--epochs", args.epochs, 90)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1; pass e.g. {flag} {example}")
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
         if utils.is_main():  # temporaries of saves that a kill interrupted (the checkpoints themselves are whole)

@@ -53,6 +53,12 @@ def find_data_yaml(data: str | Path) -> Path:
     for c in cands:
         if c.is_file():
             return c.resolve()
+    folder = next((c for c in cands[:2] if c.is_dir()), None)
+    if folder is not None:
+        where = "" if str(folder.resolve()) == str(data) else f" ({folder.resolve()})"
+        raise DatasetError(f"data '{data}' is a folder{where}, not a data YAML: pass a data YAML with "
+                           f"--data (e.g. data/shapes.yaml, or one whose 'path:' is this folder) and the dataset "
+                           f"folder with --data-path")
     raise DatasetError(f"data YAML not found: '{data}' (looked in {Path.cwd()}, {REPO_ROOT}, {REPO_ROOT / 'data'})")
 
 
@@ -127,6 +133,11 @@ def resolve_data(data: str | Path, data_path: str | Path | None = None, splits: 
         d = yaml.safe_load(f) or {}
     if not isinstance(d, dict):
         raise DatasetError(f"{source}: not a data YAML (top level must be a mapping)")
+    if d.get("nc") is not None and d.get("names") is not None and not d.get("builtin"):
+        n_names = len(d["names"]) if isinstance(d["names"], (list, dict)) else None
+        if n_names is not None and int(d["nc"]) != n_names:
+            raise DatasetError(f"{source}: 'nc: {d['nc']}' but 'names:' lists {n_names} classes; make them agree "
+                               f"(or drop 'nc:', which follows from 'names:')")
     if d.get("builtin"):
         from .photo_digits_det import DEFAULTS as PD_DEFAULTS
         from .photo_digits_det import generate_photo_digits_det

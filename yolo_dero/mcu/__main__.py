@@ -166,7 +166,8 @@ def _crosscheck(a) -> int:
 # count options that must be at least 1: with 0 the command would succeed without checking anything
 # (an uncalibrated export still passing its check, a plan "bit-identical on 0 inputs")
 COUNT_OPTIONS = {"num_calib": ("--num-calib", "calibration images", 8),
-                 "num_inputs": ("--num-inputs", "random inputs for the TFLM check", 3)}
+                 "num_inputs": ("--num-inputs", "random inputs for the TFLM check", 3),
+                 "imgsz": ("--imgsz", "the input size in pixels", 96)}
 
 
 def count_problem(a: argparse.Namespace) -> str | None:
@@ -175,6 +176,25 @@ def count_problem(a: argparse.Namespace) -> str | None:
         n = getattr(a, dest, None)
         if n is not None and n < 1:
             return f"{flag} {n}: needs at least 1 ({what}); pass e.g. {flag} {example}"
+    return None
+
+
+TFLITE_MAGIC = b"TFL3"  # the flatbuffer file identifier, bytes 4..8 of every .tflite
+
+
+def tflite_problem(a: argparse.Namespace) -> str | None:
+    """``arena``/``plan`` given a file that is not a TFLite flatbuffer (the parser would fail deep inside with
+    "unpack_from requires a buffer of at least ... bytes"), or None."""
+    if a.cmd not in ("arena", "plan"):
+        return None
+    path = Path(a.file)
+    if not path.is_file():
+        return f"{path}: no such file (expected a .tflite written by python -m yolo_dero.mcu export)"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] != TFLITE_MAGIC:
+        return (f"{path} is not a TFLite flatbuffer (no 'TFL3' identifier at bytes 4..8); pass a .tflite written "
+                f"by python -m yolo_dero.mcu export")
     return None
 
 
@@ -249,7 +269,7 @@ def main(argv=None) -> int:
     if problem is None:
         from .fit import sram_problem
 
-        problem = sram_problem(getattr(a, "sram_kb", None))
+        problem = sram_problem(getattr(a, "sram_kb", None)) or tflite_problem(a)  # the options first, then the file
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

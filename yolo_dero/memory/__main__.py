@@ -73,6 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     if len(args.imgsz) > 2:
         ap.error("--imgsz takes N or H W")
+    if min(args.imgsz) < 1:
+        print(f"error: --imgsz {' '.join(map(str, args.imgsz))}: the input size must be at least 1 pixel; pass e.g. "
+              f"--imgsz 224 (or H W: --imgsz 224 320)", file=sys.stderr)
+        return 2
     imgsz = tuple(args.imgsz) if len(args.imgsz) == 2 else args.imgsz[0]
 
     results: List[MemoryResult] = []

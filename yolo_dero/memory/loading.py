@@ -71,7 +71,13 @@ def _load_pt(spec: str) -> nn.Module:
             from .. import ultra  # noqa: F401
         except ImportError:  # pragma: no cover
             pass
-    obj = torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  (truncated zip, not a pickle, random bytes ...)
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ModelNotFoundError(f"'{spec}' is not a readable PyTorch checkpoint (corrupt, truncated or not a .pt "
+                                 f"file: {type(e).__name__}: {first}); pass a .pt written by torch.save / "
+                                 f"train_det.py, a model YAML or a registry name") from None
     if isinstance(obj, dict):
         for key in ("ema", "model"):
             if isinstance(obj.get(key), nn.Module):

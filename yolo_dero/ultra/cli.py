@@ -47,16 +47,32 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+class OptionError(ValueError):
+    """A trailing ``key=value`` option that is malformed or that Ultralytics does not know."""
+
+
 def _extra(tokens: list[str]) -> dict[str, Any]:
-    """Trailing ``key=value`` Ultralytics options (values parsed as Python/YAML scalars)."""
+    """Trailing ``key=value`` Ultralytics options (values parsed as Python/YAML scalars); a malformed token or a
+    key Ultralytics does not know raises :class:`OptionError` naming it (Ultralytics' own check is a traceback)."""
+    import difflib
+
     import yaml
+    from ultralytics.cfg import DEFAULT_CFG_DICT
 
     out = {}
     for t in tokens:
         if "=" not in t:
-            raise SystemExit(f"error: unrecognised argument {t!r} (extra Ultralytics options are key=value)")
+            raise OptionError(f"unrecognised argument {t!r}: extra Ultralytics options are key=value "
+                              f"(e.g. cos_lr=True); see python train_det.py --help")
         k, v = t.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        k = k.strip().replace("-", "_")
+        if k not in DEFAULT_CFG_DICT:
+            close = difflib.get_close_matches(k, list(DEFAULT_CFG_DICT), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise OptionError(f"unknown Ultralytics option '{k}' (in {t!r}): {hint}valid keys include hsv_h, "
+                              f"fliplr, cos_lr, degrees, dropout; see python train_det.py --help and "
+                              f"Ultralytics' default.yaml for all {len(DEFAULT_CFG_DICT)}")
+        out[k] = yaml.safe_load(v)
     return out
 
 
@@ -71,6 +87,16 @@ def _batch_problem(batch: Any) -> str | None:
     if isinstance(batch, (int, float)) and not isinstance(batch, bool) and (batch == 0 or batch < -1):
         return (f"--batch {batch:g}: the batch size must be a positive number of images (or -1 for Ultralytics' "
                 f"AutoBatch); pass e.g. --batch {QUICK['batch']}")
+    return None
+
+
+def _count_problem(given: dict[str, Any]) -> str | None:
+    """Why --epochs/--imgsz (or epochs=/imgsz= given as key=value) are refused, or None: below 1 Ultralytics
+    fails with a traceback after the data and the model are built."""
+    for key, example in (("epochs", QUICK["epochs"]), ("imgsz", QUICK["imgsz"])):
+        v = given.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 1:
+            return f"--{key} {v:g}: must be at least 1; pass e.g. --{key} {example}"
     return None
 
 
@@ -193,10 +219,14 @@ def train_main(argv: list[str] | None = None) -> int:
     if args.cos_lr:
         given["cos_lr"] = True
     given.update(plots=args.plots, val=args.val)
-    extra = _extra(args.extra)
+    try:
+        extra = _extra(args.extra)
+    except OptionError as e:
+        return _fail(str(e))
     given.update(extra)
-    if _batch_problem(given.get("batch")):
-        return _fail(_batch_problem(given["batch"]))
+    problem = _batch_problem(given.get("batch")) or _count_problem(given)
+    if problem:
+        return _fail(problem)
     t0 = time.time()
     model = None
     try:
