@@ -164,6 +164,18 @@ def test_det_data_is_a_folder(tmp_path, capsys):
     _one_line_error(capsys, code, str(folder), "is a folder", "data YAML", "--data-path")
 
 
+def test_malformed_data_and_model_yaml(tmp_path, capsys):
+    from yolo_dero.ultra.cli import train_main
+
+    bad = _yaml(tmp_path, "names: [a, b\n")  # unclosed flow sequence
+    code = train_main(["--data", str(bad), "--project", str(tmp_path / "runs")])
+    _one_line_error(capsys, code, str(bad), "not valid YAML", "line")
+    model = tmp_path / "yolov5n-bad.yaml"
+    model.write_text("nc: 3\nbackbone: [[-1, 1, Conv, [64, 6, 2, 2]]\n")
+    code = train_main(["--model", str(model), "--project", str(tmp_path / "runs")])
+    _one_line_error(capsys, code, str(model), "not valid YAML", "line")
+
+
 # ---------------------------------------------------------------- 7. a detection .pt as classification --weights
 
 

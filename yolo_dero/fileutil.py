@@ -155,3 +155,10 @@ def generated_dataset(root: os.PathLike | str, want: dict, make: Callable[[Path]
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def yaml_problem(e: Exception) -> str:
+    """``problem at line L, column C`` of a YAML parser error (PyYAML's ``problem`` and ``problem_mark``)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..fileutil import yaml_problem
 from ..paths import REPO_ROOT, cache_dir
 
 IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm", "heic"}
@@ -130,7 +131,10 @@ def resolve_data(data: str | Path, data_path: str | Path | None = None, splits: 
     """
     source = find_data_yaml(data)
     with open(source, encoding="utf-8") as f:
-        d = yaml.safe_load(f) or {}
+        try:
+            d = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:  # one line with the file and the position, not a scanner traceback
+            raise DatasetError(f"{source}: not valid YAML ({yaml_problem(e)}); fix the file") from None
     if not isinstance(d, dict):
         raise DatasetError(f"{source}: not a data YAML (top level must be a mapping)")
     if d.get("nc") is not None and d.get("names") is not None and not d.get("builtin"):

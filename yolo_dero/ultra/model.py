@@ -349,6 +349,7 @@ class DeroYOLO(YOLO):
         s = str(model)
         if s.lower().endswith((".yaml", ".yml")):
             model = str(resolve_model_yaml(s))
+            load_model_yaml(model)  # a malformed file fails here in one line, not in Ultralytics' loader
         elif s.lower().endswith(".pt"):
             model = str(check_checkpoint(s))
         super().__init__(model=model, task=task, verbose=verbose)

@@ -36,6 +36,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..fileutil import yaml_problem
 from ..nn.yolo_blocks import DeroC3, DeroC3Seed, DeroConv, DeroSPPF
 from ..paths import REPO_ROOT
 
@@ -88,7 +89,10 @@ def load_model_yaml(path: str | Path) -> dict[str, Any]:
     """Read a model YAML into the dict Ultralytics keeps as ``model.yaml`` (adds ``scale`` and ``yaml_file``)."""
     file = resolve_model_yaml(path)
     with open(file, encoding="utf-8") as f:
-        d = yaml.safe_load(f)
+        try:
+            d = yaml.safe_load(f)
+        except yaml.YAMLError as e:  # one line with the file and the position, not a scanner traceback
+            raise ModelConfigError(f"{file}: not valid YAML ({yaml_problem(e)}); fix the file") from None
     if not isinstance(d, dict):
         raise ModelConfigError(f"{file}: not a model YAML (top level must be a mapping)")
     d["scale"] = guess_scale(file)
