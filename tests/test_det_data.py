@@ -235,3 +235,19 @@ def test_label_prescan_names_file_and_line(tmp_path):
     assert got == {(lab[0].name, 2, "image skipped"), (lab[1].name, 3, "image skipped"),
                    (lab[1].name, 4, "box clipped"), (lab[1].name, 5, "image skipped")}
     assert any("class 9 out of range 0-5" in str(i) for i in issues)
+
+
+def test_label_prescan_catches_nan_and_refuses_when_every_image_is_bad(tmp_path):
+    from yolo_dero.ultra.evaluate import report_label_issues
+
+    y = generate_shapes(tmp_path / "s", n_train=2, n_val=1, imgsz=64, seed=0)
+    lab = sorted((y.parent / "labels/train").iterdir())
+    lab[0].write_text("0 nan 0.5 0.2 0.2\n")
+    issues, _ = scan_labels(y.parent, "images/train", 6)
+    assert [(Path(i.file).name, i.line, i.action) for i in issues] == [(lab[0].name, 1, "image skipped")]
+    assert "non-finite" in issues[0].message
+    rd = resolve_data(str(y))
+    assert report_label_issues(rd, splits=("train",)) == 1  # one of two images bad: reported, training goes on
+    lab[1].write_text("7 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DatasetError, match="every one of the 2 images"):
+        report_label_issues(rd, splits=("train",))

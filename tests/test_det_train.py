@@ -294,3 +294,16 @@ def test_bad_weights_give_clear_errors(tmp_path, capsys):
         check_checkpoint(tmp_path / "missing.pt")
     assert val_main(["--weights", str(corrupt)]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_pycocotools_scores_only_the_images_ultralytics_validated(dero_run, tmp_path):
+    """An image Ultralytics drops (a bad label) is left out of pycocotools' set too, so both mAPs cover the same
+    images."""
+    from yolo_dero.datasets import generate_shapes
+    from yolo_dero.ultra.evaluate import evaluate_detector
+
+    y = generate_shapes(tmp_path / "s", n_train=1, n_val=4, imgsz=96, seed=0)
+    sorted((y.parent / "labels" / "val").iterdir())[0].write_text("99 0.5 0.5 0.2 0.2\n")
+    r = evaluate_detector(dero_run["res"]["best"], data=str(y), imgsz=96, batch=4, project=str(tmp_path / "val"),
+                          label_scan=False)
+    assert r["pycocotools"]["n_images"] == 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,9 @@ def scan_labels(root: Path, spec: Any, nc: int) -> tuple[list[LabelIssue], int]:
                 issues.append(LabelIssue(lf, ln, f"{len(vals)} fields (expected 'class x y w h')", "image skipped"))
                 continue
             c, coords = vals[0], vals[1:]
+            if not all(math.isfinite(v) for v in vals):  # NaN/inf fail every one of Ultralytics' range checks
+                issues.append(LabelIssue(lf, ln, f"non-finite value in {' '.join(parts)!r}", "image skipped"))
+                continue
             if c % 1 != 0 or not 0 <= c < nc:
                 issues.append(LabelIssue(lf, ln, f"class {c:g} out of range 0-{nc - 1}", "image skipped"))
             lo, hi = min(coords), max(coords)

@@ -31,9 +31,15 @@ def report_label_issues(rd, splits=("train", "val"), limit: int = 30) -> int:
             print(f"WARNING labels ({split}): {issue}")
         if issues:
             skipped = len({x.file for x in issues if x.action == "image skipped"})
+            n_images = len(image_files(rd.root, rd.data[split]))
+            if skipped and skipped >= n_images:
+                raise DatasetError(f"labels ({split}): every one of the {n_images} images has a bad label line and "
+                                   f"would be skipped by Ultralytics, leaving nothing to {split} on; fix the label "
+                                   f"files listed above (class id in 0-{rd.nc - 1}, 'class x y w h' normalised to "
+                                   f"[0, 1])")
             print(f"WARNING labels ({split}): {len(issues)} bad label lines in {n} label files; "
-                  f"{skipped} images will be skipped by Ultralytics, boxes within its 1% tolerance clipped; "
-                  f"training continues")
+                  f"{skipped} of {n_images} images will be skipped by Ultralytics, boxes within its 1% tolerance "
+                  f"clipped; the rest is used")
     return total
 
 
@@ -63,7 +69,11 @@ def evaluate_detector(weights: str, data: Optional[str] = None, data_path: Optio
     if label_scan:
         report_label_issues(rd, splits=("val",))
     holder: Dict[str, Any] = {}
-    model.add_callback("on_val_end", lambda v: holder.update(save_dir=Path(v.save_dir), imgsz=v.args.imgsz))
+    # the images Ultralytics really validated (its dataset drops corrupt images and bad labels): pycocotools
+    # scores exactly those, so the two mAPs describe the same set
+    model.add_callback("on_val_end", lambda v: holder.update(
+        save_dir=Path(v.save_dir), imgsz=v.args.imgsz,
+        im_files=list(getattr(getattr(getattr(v, "dataloader", None), "dataset", None), "im_files", None) or [])))
     kw = dict(data=str(rd.yaml_path), save_json=True, batch=batch, conf=conf, iou=iou, max_det=max_det, plots=plots,
               project=str(Path(project).resolve()), name=name or weights.parent.parent.name, verbose=False)
     if imgsz:
@@ -79,7 +89,7 @@ def evaluate_detector(weights: str, data: Optional[str] = None, data_path: Optio
         pred_json.write_text("[]")
     pc = evaluate(pred_json, gt_json, ultralytics_class_map(rd.data, rd.nc),
                   None if coco_json and rd.category_ids is None else rd.category_ids, rd.names,
-                  image_files=image_files(rd.root, rd.data["val"]))
+                  image_files=holder.get("im_files") or image_files(rd.root, rd.data["val"]))
     return {
         **ul,
         "pycocotools": {k: pc[k] for k in ("map50_95", "map50", "stats", "n_images", "n_predictions",
