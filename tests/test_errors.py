@@ -127,9 +127,11 @@ def test_train_det_known_options_pass_validation():
 # ---------------------------------------------------------------------- 6. nc != len(names); 8. --data is a folder
 
 
-def _yaml(tmp_path, text):
-    (tmp_path / "ds" / "images" / "train").mkdir(parents=True)
-    (tmp_path / "ds" / "images" / "val").mkdir(parents=True)
+def _yaml(tmp_path, text, with_images: bool = True):
+    for split in ("train", "val"):
+        (tmp_path / "ds" / "images" / split).mkdir(parents=True)
+        if with_images:  # the split check looks for image files by name only
+            (tmp_path / "ds" / "images" / split / "0.jpg").write_bytes(b"")
     f = tmp_path / "my.yaml"
     f.write_text(f"path: {tmp_path / 'ds'}\ntrain: images/train\nval: images/val\n{text}")
     return f
@@ -206,3 +208,24 @@ def test_classification_unreadable_weights_one_line(tmp_path):
     with pytest.raises(UserError) as ei:
         read_file(str(bad), "--weights")
     assert "\n" not in str(ei.value) and str(bad) in str(ei.value) and "corrupt" in str(ei.value)
+
+
+def test_det_split_without_images(tmp_path, capsys):
+    from yolo_dero.ultra.cli import train_main
+
+    data = _yaml(tmp_path, "names: [a, b]\n", with_images=False)  # images/train and images/val exist, empty
+    code = train_main(["--data", str(data), "--project", str(tmp_path / "runs")])
+    _one_line_error(capsys, code, "holds no images", "images")
+
+
+def test_visualize_skips_a_nan_label_line_naming_the_file(tmp_path, capsys):
+    from yolo_dero.visualize import read_ground_truth
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 nan 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n")
+    boxes = read_ground_truth(tmp_path / "images" / "a.jpg", 100, 100)
+    assert len(boxes.cls) == 1 and int(boxes.cls[0]) == 1
+    out = capsys.readouterr().out
+    assert "a.txt:1" in out and "line skipped" in out
+

@@ -73,7 +73,15 @@ def read_ground_truth(image_path: Path, width: int, height: int) -> Optional[Box
         if len(parts) < 5:
             print(f"WARNING {label_path}:{line_no}: expected 'class cx cy w h', got {line!r}; line skipped")
             continue
-        rows.append([float(v) for v in parts[:5]])
+        try:
+            row = [float(v) for v in parts[:5]]
+        except ValueError:
+            row = []
+        if len(row) < 5 or not np.isfinite(row).all():
+            print(f"WARNING {label_path}:{line_no}: expected 5 finite numbers 'class cx cy w h', got {line!r}; "
+                  "line skipped")
+            continue
+        rows.append(row)
     if not rows:
         return Boxes(np.zeros((0, 4)), np.zeros(0, dtype=int))
     arr = np.array(rows)

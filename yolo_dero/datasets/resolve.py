@@ -97,6 +97,18 @@ def _check_split(root: Path, spec: Any, key: str, how: str, source: Path, env: s
                 f"dataset '{source.name}': {key} images not found: missing '{p}'.\n"
                 f"Dataset root '{root}' (from {how}). Expected under it: {_layout_hint(spec, key)}.\n"
                 f"Fix: {hint}pass --data-path DIR, or edit 'path:' in {source}. Nothing is downloaded.")
+        if not _has_images(p):
+            kinds = ", ".join(sorted(IMG_FORMATS)[:6])
+            raise DatasetError(f"dataset '{source.name}': {key} '{p}' holds no images ({kinds}, ... files); put the "
+                               f"images there or point '{key}:' in {source} at the right folder")
+
+
+def _has_images(p: Path) -> bool:
+    """Whether a split entry (a folder, searched recursively, or an image-list file) names at least one image."""
+    if p.is_dir():
+        return any(f.suffix[1:].lower() in IMG_FORMATS for f in p.rglob("*"))
+    with open(p, encoding="utf-8-sig") as f:
+        return any(line.strip() for line in f)
 
 
 def _layout_hint(spec: Any, key: str) -> str:
