@@ -13,11 +13,12 @@ import colorsys
 import math
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torchvision.datasets import ImageFolder
 
 from yolo_dero.fileutil import generated_dataset  # the one locked, atomic generator (shared with detection)
 
@@ -308,14 +309,104 @@ def check_split_dir(root: Path, split: str) -> Path:
     return d
 
 
-def image_folder(root: Path, split: str, transform, class_to_idx: Optional[dict] = None):
-    """An ImageFolder over ``root/split``; with ``class_to_idx`` (from the train split) its classes must
-    match."""
-    from torchvision.datasets import ImageFolder
+class BadImage(NamedTuple):
+    """What :class:`SkippingImageFolder` returns instead of a sample whose file cannot be decoded."""
 
-    d = check_split_dir(root, split)
+    path: str
+    problem: str
+
+
+def describe_image_error(path: str, err: BaseException) -> str:
+    """A short, human reason why ``path`` could not be read as an image."""
     try:
-        ds = ImageFolder(str(d), transform=transform)
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        return "not a readable image (corrupt, or not an image format PIL knows)"
+    return f"cannot decode ({type(err).__name__}: {err})"
+
+
+class SkippingImageFolder(ImageFolder):
+    """An ImageFolder that skips unreadable images (empty, truncated, corrupt files) instead of raising.
+
+    ``substitute=True`` (training): the next readable image takes the bad one's place, so batches keep their size
+    (BatchNorm cannot train on a batch of one), and the sample is ``(image, target, bad)`` with ``bad`` the
+    ``(path, problem)`` pairs skipped on the way. ``substitute=False`` (evaluation): the sample is a
+    :class:`BadImage`, dropped from the batch, so every image is counted at most once. :class:`SkipBadCollate`
+    batches both; the training loop reports each bad file as ``path: problem`` and counts them per epoch. No
+    pre-scan (on ImageNet it would cost minutes for the rare bad file). Transform errors still raise."""
+
+    substitute: bool = False
+    max_substitutes = 64
+
+    def _load(self, index):
+        path, target = self.samples[index]
+        try:
+            sample = self.loader(path)
+        except Exception as e:  # noqa: BLE001 - any decode failure of one file skips that file only
+            return BadImage(str(path), describe_image_error(path, e))
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target
+
+    def __getitem__(self, index):
+        item = self._load(index)
+        if not self.substitute:
+            return item
+        bad = []
+        while isinstance(item, BadImage):
+            bad.append(tuple(item))
+            if len(bad) >= min(self.max_substitutes, len(self.samples)):
+                raise DataError(f"{len(bad)} unreadable images in a row in {self.root} (last: {item.path}: "
+                                f"{item.problem}); check the dataset")
+            index = (index + 1) % len(self.samples)
+            item = self._load(index)
+        return item[0], item[1], tuple(bad)
+
+
+class SkipBadCollate:
+    """Collate for :class:`SkippingImageFolder`: returns ``(images, targets, bad)`` with ``bad`` the list of
+    ``(path, problem)`` skipped for this batch; :class:`BadImage` samples are dropped (``images``/``targets`` are
+    None when every sample was bad). ``inner`` collates the ``(image, target)`` pairs (default:
+    ``default_collate``). Top-level, so DataLoader workers can pickle it."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+
+    def __call__(self, batch):
+        from torch.utils.data import default_collate
+
+        bad, good = [], []
+        for b in batch:
+            if isinstance(b, BadImage):
+                bad.append(tuple(b))
+            elif len(b) == 3:
+                bad.extend(b[2])
+                good.append((b[0], b[1]))
+            else:
+                good.append(b)
+        if not good:
+            return None, None, bad
+        images, targets = (self.inner or default_collate)(good)
+        return images, targets, bad
+
+
+def image_folder(root: Path, split: str, transform, class_to_idx: Optional[dict] = None, skip_bad: bool | str = False):
+    """An ImageFolder over ``root/split``; with ``class_to_idx`` (from the train split) its classes must
+    match. ``skip_bad``: a :class:`SkippingImageFolder` (batch it with :class:`SkipBadCollate`) that drops unreadable
+    images (``True``) or replaces each by the next readable one (``"substitute"``, for training)."""
+    d = check_split_dir(root, split)
+    cls = SkippingImageFolder if skip_bad else ImageFolder
+    try:
+        ds = cls(str(d), transform=transform)
+        if skip_bad:
+            ds.substitute = skip_bad == "substitute"
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"cannot read {d} as an ImageFolder: {e}") from None
     if class_to_idx is not None and ds.class_to_idx != class_to_idx:

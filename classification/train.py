@@ -201,7 +201,7 @@ def load_datasets(root: Path, args):
     val_tf = cdata.eval_transform(args.val_resize_size, args.val_crop_size, args.interpolation)
     train_ds = None
     if args.test_only and not (root / "train").is_dir():
-        val_ds = cdata.image_folder(root, "val", val_tf)
+        val_ds = cdata.image_folder(root, "val", val_tf, skip_bad=True)
     else:
         cdata.check_split_dir(root, "train")
         cdata.check_split_dir(root, "val")
@@ -210,8 +210,8 @@ def load_datasets(root: Path, args):
             crop_scale=(args.crop_scale_min, 1.0), auto_augment=args.auto_augment,
             ra_magnitude=args.ra_magnitude, augmix_severity=args.augmix_severity, random_erase=args.random_erase)
         t0 = time.time()
-        train_ds = cdata.image_folder(root, "train", train_tf)
-        val_ds = cdata.image_folder(root, "val", val_tf, class_to_idx=train_ds.class_to_idx)
+        train_ds = cdata.image_folder(root, "train", train_tf, skip_bad="substitute")
+        val_ds = cdata.image_folder(root, "val", val_tf, class_to_idx=train_ds.class_to_idx, skip_bad=True)
         print(f"Data: {len(train_ds)} train / {len(val_ds)} val images, {len(train_ds.classes)} classes "
               f"({time.time() - t0:.1f}s to index)")
         if len(train_ds) == 0:
@@ -228,7 +228,7 @@ def build_loaders(train_ds, val_ds, args, num_classes: int, device: torch.device
     pin = device.type == "cuda"
     val_loader = torch.utils.data.DataLoader(
         val_ds, batch_size=args.batch_size, sampler=cdata.ShardSampler(len(val_ds), rk, ws),
-        num_workers=workers, pin_memory=pin)
+        num_workers=workers, pin_memory=pin, collate_fn=cdata.SkipBadCollate())
     if train_ds is None:
         return None, None, val_loader
     train_sampler = torch.utils.data.distributed.DistributedSampler(
@@ -236,9 +236,9 @@ def build_loaders(train_ds, val_ds, args, num_classes: int, device: torch.device
     per_rank = len(train_sampler)
     # drop the last batch only if it would hold a single image (BatchNorm cannot train on one sample)
     drop_last = per_rank > args.batch_size and per_rank % args.batch_size == 1
-    collate = None
+    collate = cdata.SkipBadCollate()
     if args.mixup_alpha > 0 or args.cutmix_alpha > 0:
-        collate = cdata.MixupCutmixCollate(num_classes, args.mixup_alpha, args.cutmix_alpha)
+        collate = cdata.SkipBadCollate(cdata.MixupCutmixCollate(num_classes, args.mixup_alpha, args.cutmix_alpha))
     train_loader = torch.utils.data.DataLoader(
         train_ds, batch_size=args.batch_size, sampler=train_sampler, num_workers=workers, pin_memory=pin,
         collate_fn=collate, drop_last=drop_last, persistent_workers=workers > 0)
@@ -421,6 +421,27 @@ def autocast_ctx(args, device: torch.device):
 # ---------------------------------------------------------------------------------------------------------
 
 
+_REPORTED_BAD: set = set()
+
+
+def report_bad_images(bad) -> int:
+    """Print each unreadable image of a batch as ``path: problem`` (once per file and run); their number."""
+    for path, problem in bad:
+        if path not in _REPORTED_BAD:
+            _REPORTED_BAD.add(path)
+            print(f"{path}: {problem} (skipped)", file=sys.stderr, flush=True)
+    return len(bad)
+
+
+def report_skipped(count: int, where: str, device: torch.device) -> None:
+    """After an epoch / evaluation: the number of unreadable images skipped, summed over processes (every process
+    calls it)."""
+    total = int(utils.all_reduce_sum(torch.tensor(float(count), device=device)).item()) if utils.dist_on() else count
+    if total and utils.is_main():
+        print(f"{where}: skipped {total} unreadable image(s) (listed above as 'path: problem'; remove or replace "
+              "them)", file=sys.stderr, flush=True)
+
+
 def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, model_ema=None, scaler=None,
                     teacher=None, lr_scheduler=None) -> dict:
     """One pass over ``loader``; returns ``{"loss", "first_loss", "seconds", "images", "lr"}`` (loss: mean over
@@ -433,8 +454,15 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, mo
     logger.add_meter("img/s", utils.SmoothedValue(window=10, fmt="{value:.1f}"))
     header = f"Epoch: [{epoch}]"
     ws = utils.world_size()
-    for i, (image, target) in enumerate(logger.log_every(loader, args.print_freq, header)):
+    skipped = 0
+    for i, (image, target, bad) in enumerate(logger.log_every(loader, args.print_freq, header)):
         t0 = time.time()
+        skipped += report_bad_images(bad)
+        if image is None:  # every image of the batch was unreadable
+            if utils.dist_on():  # the other processes wait for this one's gradients
+                raise cdata.DataError(f"every image of a training batch was unreadable ({bad[0][0]}: {bad[0][1]}, "
+                                      "...): fix or remove the bad files")
+            continue
         image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
         with autocast_ctx(args, device):
             output = model(image)
@@ -475,6 +503,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, mo
         logger.meters.setdefault("acc1", utils.SmoothedValue()).update(100.0 * c1 / bs, n=bs)
         logger.meters.setdefault("acc5", utils.SmoothedValue()).update(100.0 * c5 / bs, n=bs)
         logger.meters["img/s"].update(bs * ws / max(time.time() - t0, 1e-9))
+    report_skipped(skipped, f"Epoch: [{epoch}]", device)
     return {"loss": logger.meters["loss"].global_avg, "first_loss": first_loss, "images": images,
             "seconds": time.perf_counter() - started, "lr": optimizer.param_groups[0]["lr"]}
 
@@ -485,8 +514,12 @@ def evaluate(model, criterion, loader, device, args, header: str = "Test:") -> t
     model.eval()
     logger = utils.MetricLogger()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1 hits, top5 hits, images
+    skipped = 0
     with torch.inference_mode():
-        for image, target in logger.log_every(loader, args.print_freq, header):
+        for image, target, bad in logger.log_every(loader, args.print_freq, header):
+            skipped += report_bad_images(bad)
+            if image is None:
+                continue
             image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
             with autocast_ctx(args, device):
                 output = model(image)
@@ -496,11 +529,28 @@ def evaluate(model, criterion, loader, device, args, header: str = "Test:") -> t
             totals += torch.tensor([loss.item() * bs, c1, c5, bs], dtype=torch.float64, device=device)
             logger.update(loss=loss.item())
     utils.all_reduce_sum(totals)
+    report_skipped(skipped, header.rstrip(":"), device)
     loss_sum, h1, h5, n = totals.tolist()
     acc1, acc5 = 100.0 * h1 / max(n, 1), 100.0 * h5 / max(n, 1)
     print(f"{header} loss {loss_sum / max(n, 1):.4f} over {int(n)} images")
     print(f"{header} Acc@1 {acc1:.3f} Acc@5 {acc5:.3f}", flush=True)
     return acc1, acc5
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Create ``output_dir`` and write and remove a probe file in it, so that an unwritable folder fails now in
+    one line, not at the first checkpoint after a whole epoch."""
+    d = Path(output_dir)
+    probe = d / f".write_test.{os.getpid()}.{utils.rank()}"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(f"--output-dir {output_dir}: cannot create or write this folder ({reason}); pass a writable "
+                        "folder with --output-dir (checkpoints are saved there every epoch)") from None
 
 
 def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> History:
@@ -521,8 +571,8 @@ def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> H
     for flag, value, example in (("--batch-size", args.batch_size, 32), ("--epochs", args.epochs, 90)):
         if value < 1:
             raise UserError(f"{flag} {value}: must be at least 1; pass e.g. {flag} {example}")
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
+    if args.output_dir and not args.test_only:  # --test-only writes nothing
+        check_output_dir(args.output_dir)
         if utils.is_main():  # temporaries of saves that a kill interrupted (the checkpoints themselves are whole)
             remove_stale_temps(args.output_dir)
 

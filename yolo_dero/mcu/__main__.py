@@ -1,6 +1,6 @@
 """``python -m yolo_dero.mcu {export,arena,crosscheck}`` (see docs/deployment.md).
 
-    python -m yolo_dero.mcu export --model mcunet_dero_v4 --imgsz 96 --out m.tflite [--calib DIR|YAML] [--num-calib 8]
+    python -m yolo_dero.mcu export --model mcunet_dero_v4 --imgsz 96 --out m.tflite [--calib DIR|YAML|synthetic] [--num-calib 8]
         [--no-plan | --keep-unplanned] [--no-inplace] [--num-inputs 3] [--sram-kb 256]
     python -m yolo_dero.mcu arena m.tflite [--json arena.json] [--sram-kb 256]
     python -m yolo_dero.mcu crosscheck [--only MCUNet-v4 toy_plain_chain ...]
@@ -36,7 +36,7 @@ def unplanned_path(out) -> Path:
 
 def _export(a) -> int:
     from ..memory.loading import load_model
-    from .export import export_tflite, require
+    from .export import cli_calibration_source, export_tflite, require
 
     plan = not a.no_plan
     # the plan's check runs in TFLM and the fit check measures there: fail before exporting, not after
@@ -45,7 +45,10 @@ def _export(a) -> int:
     out = Path(a.out)
     raw = unplanned_path(out) if plan else out
     try:
-        r = export_tflite(model, a.imgsz, raw, calib=a.calib, num_calib=a.num_calib, quiet=not a.verbose)
+        calib = cli_calibration_source(a.calib)
+        print(f"calibration: {a.num_calib} image(s) from {calib}" + (" (uniform noise)" if calib in
+              ("synthetic", "random") else " (the built-in real images)" if not a.calib else ""))
+        r = export_tflite(model, a.imgsz, raw, calib=calib, num_calib=a.num_calib, quiet=not a.verbose)
         print(f"wrote {r.path} ({r.bytes:,} bytes, {r.seconds} s{', without a plan' if plan else ''}): "
               f"input int8 NHWC {r.input_shape}, outputs {r.output_shapes}")
         print("operators: " + ", ".join(f"{k} {v}" for k, v in sorted(r.op_counts.items())))
@@ -215,7 +218,10 @@ def main(argv=None) -> int:
     e.add_argument("--model", required=True, help="registry name, model YAML or .pt")
     e.add_argument("--imgsz", type=int, required=True)
     e.add_argument("--out", required=True, help="output .tflite")
-    e.add_argument("--calib", default=None, help="image folder, .txt list or data YAML (default: synthetic)")
+    e.add_argument("--calib", default=None,
+                   help="image folder, .txt list or data YAML, or 'synthetic' for uniform noise (default: the val "
+                        "images of the built-in real-image set data/photo_digits.yaml, generated locally on first "
+                        "use, resized to --imgsz)")
     e.add_argument("--num-calib", type=int, default=8)
     e.add_argument("--verbose", action="store_true", help="show the converter's progress output")
     e.add_argument("--no-plan", action="store_true",

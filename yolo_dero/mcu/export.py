@@ -311,6 +311,21 @@ def full_int8_quantizer():
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
+#: what ``python -m yolo_dero.mcu export`` calibrates on without ``--calib``: the val images of the built-in
+#: real-image detection set (real MNIST digits on real photographs, 192x192 JPEGs, generated locally on first use
+#: from pip packages, no download), resized to the model input, for classification and detection models alike.
+DEFAULT_CLI_CALIB = "data/photo_digits.yaml"
+
+
+def cli_calibration_source(calib: Optional[str]) -> str:
+    """The calibration source of the ``export`` command: ``calib`` if given (``synthetic`` for noise), else the
+    built-in real images of :data:`DEFAULT_CLI_CALIB` (an absolute path, so any working directory works)."""
+    if calib:
+        return calib
+    from ..paths import REPO_ROOT
+
+    return str(REPO_ROOT / DEFAULT_CLI_CALIB)
+
 
 def _image_files(calib: str) -> List[Path]:
     p = Path(calib).expanduser()
@@ -349,7 +364,8 @@ def calibration_images(calib: Union[None, str, Sequence[torch.Tensor]], imgsz: I
     """``num`` NHWC float images in [0, 1] (what the float model expects).
 
     ``calib``: a list of ``(1, H, W, C)`` tensors -> the first ``num`` of them; None / "synthetic" / "random" ->
-    deterministic uniform noise (no dataset needed); a folder of
+    deterministic uniform noise (no dataset needed: the library default, which keeps tests fast; the ``export``
+    command instead defaults to real images, see :func:`cli_calibration_source`); a folder of
     images, a ``.txt`` list, or a data YAML (``path`` + ``val``/``train``; the project's ``data/*.yaml``
     through :func:`yolo_dero.datasets.resolve.resolve_data`, so ``data/shapes.yaml`` works) -> the first
     ``num`` images, resized (no letterbox) to ``imgsz``, RGB.
@@ -517,6 +533,8 @@ def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
 
     ``quantize=False`` writes the float model (used by the tests of the check); with ``check=True`` the
     float/QUANTIZE check then raises :class:`FloatTensorError`, as it does for any leftover float tensor.
+    ``calib`` (see :func:`calibration_images`): None calibrates on synthetic noise here (fast, fine for memory
+    figures); ``python -m yolo_dero.mcu export`` passes real images by default (:func:`cli_calibration_source`).
     """
     if quantize and num_calib < 1:
         raise ValueError(f"num_calib={num_calib}: full-integer quantization needs at least one calibration image")
