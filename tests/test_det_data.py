@@ -251,3 +251,16 @@ def test_label_prescan_catches_nan_and_refuses_when_every_image_is_bad(tmp_path)
     lab[1].write_text("7 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DatasetError, match="every one of the 2 images"):
         report_label_issues(rd, splits=("train",))
+
+
+def test_label_prescan_names_empty_and_unreadable_images(tmp_path):
+    y = generate_shapes(tmp_path / "s", n_train=3, n_val=1, imgsz=64, seed=0)
+    imgs = sorted((y.parent / "images/train").iterdir())
+    imgs[0].write_bytes(b"")
+    imgs[1].write_bytes(b"not a jpeg at all")
+    issues, _ = scan_labels(y.parent, "images/train", 6)
+    got = {Path(i.file).name: (str(i), i.action) for i in issues}
+    assert set(got) == {imgs[0].name, imgs[1].name}
+    assert "empty image file" in got[imgs[0].name][0] and "not a readable image" in got[imgs[1].name][0]
+    assert issues[0].label_file.endswith(".txt") and ":0:" not in str(issues[0])
+

@@ -232,17 +232,39 @@ def label_path(img: str) -> str:
 
 @dataclass
 class LabelIssue:
-    file: str
+    file: str  # the label file, or the image file itself for an unreadable image (line 0)
     line: int
     message: str
     action: str  # what Ultralytics does about it
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message} -> {self.action}"
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message} -> {self.action}"
+
+    @property
+    def label_file(self) -> str:
+        """The label file of the image concerned (one per image, whether the image or a label line is bad)."""
+        return self.file if self.line else label_path(self.file)
+
+
+def _image_problem(img: str) -> str | None:
+    """Why Ultralytics will not be able to read ``img`` (an empty file, an unreadable header), or None. Reads only
+    the header, so a file truncated after it is not caught here."""
+    try:
+        if os.path.getsize(img) == 0:
+            return "empty image file (0 bytes)"
+        from PIL import Image
+
+        with Image.open(img) as im:
+            im.size  # noqa: B018  (the header is parsed on open)
+    except Exception as e:  # noqa: BLE001 - any failure to open is the problem to report
+        return f"not a readable image ({type(e).__name__}: {e})"
+    return None
 
 
 def scan_labels(root: Path, spec: Any, nc: int) -> tuple[list[LabelIssue], int]:
-    """Check every label line of a split: 5 numeric fields (or a polygon), class in [0, nc), coordinates in [0, 1].
+    """Check every image header of a split (empty or unreadable files) and every label line: 5 numeric fields (or a
+    polygon), class in [0, nc), coordinates in [0, 1].
 
     Returns (issues, number of label files read). Actions mirror Ultralytics' ``verify_image_label``: a class out of
     range, a bad row, or coordinates beyond its 1% tolerance drop the whole image; coordinates within the
@@ -251,6 +273,9 @@ def scan_labels(root: Path, spec: Any, nc: int) -> tuple[list[LabelIssue], int]:
     issues: list[LabelIssue] = []
     n_files = 0
     for img in image_files(root, spec):
+        problem = _image_problem(img)
+        if problem:  # named here: Ultralytics' own warning blames a missing optional HEIF plugin
+            issues.append(LabelIssue(img, 0, problem, "image skipped"))
         lf = label_path(img)
         if not os.path.isfile(lf):
             continue

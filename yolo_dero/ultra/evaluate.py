@@ -30,7 +30,7 @@ def report_label_issues(rd, splits=("train", "val"), limit: int = 30) -> int:
                 break
             print(f"WARNING labels ({split}): {issue}")
         if issues:
-            skipped = len({x.file for x in issues if x.action == "image skipped"})
+            skipped = len({x.label_file for x in issues if x.action == "image skipped"})
             n_images = len(image_files(rd.root, rd.data[split]))
             if skipped and skipped >= n_images:
                 raise DatasetError(f"labels ({split}): every one of the {n_images} images has a bad label line and "
