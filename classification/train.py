@@ -36,7 +36,7 @@ from torch import nn
 
 from classification import data as cdata
 from classification import utils
-from yolo_dero.fileutil import remove_stale_temps
+from yolo_dero.fileutil import remove_stale_temps, unwritable_reason
 from yolo_dero.nn import NotFoldableError, reparameterize
 
 BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
@@ -538,19 +538,12 @@ def evaluate(model, criterion, loader, device, args, header: str = "Test:") -> t
 
 
 def check_output_dir(output_dir: str) -> None:
-    """Create ``output_dir`` and write and remove a probe file in it, so that an unwritable folder fails now in
-    one line, not at the first checkpoint after a whole epoch."""
-    d = Path(output_dir)
-    probe = d / f".write_test.{os.getpid()}.{utils.rank()}"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        probe.unlink()
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
+    """Refuse an output folder that cannot be created or written now, in one line, not at the first checkpoint
+    after a whole epoch."""
+    reason = unwritable_reason(output_dir)
+    if reason:
         raise UserError(f"--output-dir {output_dir}: cannot create or write this folder ({reason}); pass a writable "
-                        "folder with --output-dir (checkpoints are saved there every epoch)") from None
+                        "folder with --output-dir (checkpoints are saved there every epoch)")
 
 
 def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> History:

@@ -229,3 +229,17 @@ def test_visualize_skips_a_nan_label_line_naming_the_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "a.txt:1" in out and "line skipped" in out
 
+
+def test_train_det_device_and_project_checked_before_work(tmp_path, capsys):
+    import torch
+
+    from yolo_dero.ultra.cli import train_main
+
+    n = torch.cuda.device_count()
+    code = train_main(["--device", str(n + 7), "--epochs", "1", "--project", str(tmp_path / "runs")])
+    _one_line_error(capsys, code, f"--device {n + 7}", "--device cpu")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code = train_main(["--epochs", "1", "--project", str(blocker / "runs")])
+    _one_line_error(capsys, code, "--project", "cannot create or write")
+

@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import re
+import secrets
 import shutil
 import uuid
 from pathlib import Path
@@ -162,3 +163,18 @@ def yaml_problem(e: Exception) -> str:
     mark = getattr(e, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
+
+
+def unwritable_reason(folder: os.PathLike | str) -> str | None:
+    """Create ``folder`` and write and remove a probe file in it; the reason it failed, or None. Lets a tool refuse
+    an unwritable output folder before its work, not at the first save."""
+    d = Path(folder)
+    probe = d / f".write_test.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None

@@ -17,6 +17,7 @@ _env.setup_environment()
 import torch  # noqa: E402
 
 from ..datasets import DatasetError, resolve_data  # noqa: E402
+from ..fileutil import unwritable_reason  # noqa: E402
 from ..paths import REPO_ROOT  # noqa: E402
 from .evaluate import evaluate_detector, report_label_issues  # noqa: E402
 from .model import CheckpointError, DeroYOLO, check_checkpoint  # noqa: E402
@@ -79,6 +80,21 @@ def _extra(tokens: list[str]) -> dict[str, Any]:
 def _fail(msg: str, code: int = 2) -> int:
     print(f"ERROR: {msg}", file=sys.stderr)
     return code
+
+
+def _device_problem(device) -> str | None:
+    """Why ``--device`` names no device of this machine (CUDA indices beyond what torch sees), or None."""
+    if device is None or str(device).strip().lower() in ("", "cpu", "mps"):
+        return None
+    ids = [x for x in str(device).replace("cuda:", "").split(",") if x.strip()]
+    if not all(x.strip().isdigit() for x in ids):
+        return None  # Ultralytics' own forms ('-1' etc.) are left to it
+    n = torch.cuda.device_count()
+    bad = [x.strip() for x in ids if int(x) >= n]
+    if bad:
+        have = f"CUDA devices 0-{n - 1}" if n else "no CUDA device"
+        return f"--device {device}: this machine has {have}; pass --device cpu" + (f" or 0-{n - 1}" if n else "")
+    return None
 
 
 def _batch_problem(batch: Any) -> str | None:
@@ -224,7 +240,7 @@ def train_main(argv: list[str] | None = None) -> int:
     except OptionError as e:
         return _fail(str(e))
     given.update(extra)
-    problem = _batch_problem(given.get("batch")) or _count_problem(given)
+    problem = _batch_problem(given.get("batch")) or _count_problem(given) or _device_problem(given.get("device"))
     if problem:
         return _fail(problem)
     t0 = time.time()
@@ -235,6 +251,10 @@ def train_main(argv: list[str] | None = None) -> int:
                                      data_typed="data" in typed or "data_path" in typed)
         else:
             rd = resolve_data(args.data, args.data_path, splits=("train", "val"))
+            reason = unwritable_reason(args.project)  # now, not at the first save after an epoch
+            if reason:
+                return _fail(f"--project {args.project}: cannot create or write this folder ({reason}); pass a "
+                             "writable folder with --project")
             if not args.no_label_scan:
                 report_label_issues(rd)
             batch = given.get("batch", QUICK["batch"])
