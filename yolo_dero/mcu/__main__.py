@@ -35,6 +35,7 @@ def unplanned_path(out) -> Path:
 
 
 def _export(a) -> int:
+    from ..memory import input_channels
     from ..memory.loading import load_model
     from .export import cli_calibration_source, export_tflite, require
 
@@ -45,9 +46,12 @@ def _export(a) -> int:
     out = Path(a.out)
     raw = unplanned_path(out) if plan else out
     try:
-        calib = cli_calibration_source(a.calib)
-        print(f"calibration: {a.num_calib} image(s) from {calib}" + (" (uniform noise)" if calib in
-              ("synthetic", "random") else " (the built-in real images)" if not a.calib else ""))
+        channels = input_channels(model)
+        calib = cli_calibration_source(a.calib, channels)
+        print(f"calibration: {a.num_calib} image(s) from {calib}" + (
+            f" (uniform noise: the model takes {channels} channels, the built-in images are RGB)"
+            if calib in ("synthetic", "random") and not a.calib else " (uniform noise)" if calib in
+            ("synthetic", "random") else " (the built-in real images)" if not a.calib else ""))
         r = export_tflite(model, a.imgsz, raw, calib=calib, num_calib=a.num_calib, quiet=not a.verbose)
         print(f"wrote {r.path} ({r.bytes:,} bytes, {r.seconds} s{', without a plan' if plan else ''}): "
               f"input int8 NHWC {r.input_shape}, outputs {r.output_shapes}")

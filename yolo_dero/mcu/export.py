@@ -317,11 +317,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_CLI_CALIB = "data/photo_digits.yaml"
 
 
-def cli_calibration_source(calib: Optional[str]) -> str:
+def cli_calibration_source(calib: Optional[str], channels: int = 3) -> str:
     """The calibration source of the ``export`` command: ``calib`` if given (``synthetic`` for noise), else the
-    built-in real images of :data:`DEFAULT_CLI_CALIB` (an absolute path, so any working directory works)."""
+    built-in real images of :data:`DEFAULT_CLI_CALIB` (an absolute path, so any working directory works) for an RGB
+    model, and noise for a model whose input is not 3 channels (no real images of that kind ship)."""
     if calib:
         return calib
+    if channels != 3:
+        return "synthetic"
     from ..paths import REPO_ROOT
 
     return str(REPO_ROOT / DEFAULT_CLI_CALIB)
