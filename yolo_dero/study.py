@@ -274,7 +274,8 @@ def _photo_digits_tensors(split: str, limit: Optional[int] = None):
 
     generate, sizes, _ = T.BUILTIN_DATASETS["photo-digits"]
     ds = cdata.image_folder(generate(), split, cdata.eval_transform(sizes["val_resize_size"], sizes["val_crop_size"]))
-    idx = range(len(ds)) if limit is None else torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
+    g = torch.Generator().manual_seed(0)
+    idx = range(len(ds)) if limit is None else torch.randperm(len(ds), generator=g)[:limit]
     items = [ds[int(i)] for i in idx]
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 

@@ -5,4 +5,5 @@ from .dero import (DERO_STYLES, DeroPool, DeroStyle, DeroUnit, DropPath, Shortcu
 from .reparam import FoldedUnit, NotFoldableError, fold_unit, reparameterize
 
 __all__ = ["DeroUnit", "DeroPool", "DeroStyle", "DERO_STYLES", "get_style", "init_shortcuts", "Shortcut", "DropPath",
-           "exportable_shortcuts", "fold_channels", "make_activation", "FoldedUnit", "NotFoldableError", "fold_unit", "reparameterize"]
+           "exportable_shortcuts", "fold_channels", "make_activation", "FoldedUnit", "NotFoldableError", "fold_unit",
+           "reparameterize"]
