@@ -171,3 +171,19 @@ def test_training_speed_times_every_arm(tmp_path):
     assert set(rates) == {"original", "plain", "dero", "dero-seed"} and all(r > 0 for r in rates.values())
     md = study.write_speed(tmp_path, ["mcunet_v4"], imgsz=32, batch=2, steps=1, rounds=1).read_text()
     assert "| mcunet_v4 |" in md and "dero / original" in md
+
+
+def test_latency_times_every_form_of_every_family(tmp_path, capsys):
+    from yolo_dero.nn import DeroUnit, FoldedUnit, FusedUnit
+
+    models = study.latency_models("mcunet_v4")
+    assert set(models) == set(study.LATENCY_ARMS)
+    assert not any(isinstance(m, (DeroUnit, FusedUnit)) for m in models["dero rep, folded"].modules())
+    assert any(isinstance(m, FusedUnit) for m in models["dero seed, fused"].modules())
+    assert any(isinstance(m, FoldedUnit) for m in models["plain"].modules())
+    md = study.write_latency(tmp_path, [("mcunet_v4", 32), ("yolov5n", 64)], iters=1, rounds=1).read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| yolov5n @64 |"))
+    assert "n/a" in row  # YOLOv5n's DERO units are of the seed's form: no separate default arm
+    assert "| mcunet_v4 @32 |" in md and "seed fused / plain" in md
+    assert study.main(["latency", "--out", str(tmp_path), "--cases", "resnet18@64"]) == 2
+    assert "unknown architecture resnet18" in capsys.readouterr().err

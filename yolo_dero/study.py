@@ -341,29 +341,58 @@ def write_int8_table(out: Path, budget: str) -> Path:
 
 # ------------------------------------------------------------------------------------------------ inference latency
 
-# arm -> (variant, style, fold): the re-parameterizable form folded must run at the plain twin's speed
-LATENCY_ARMS = {"plain (rep)": ("plain", "rep", True), "dero rep, folded": ("dero", "rep", True),
-                "dero rep, unfolded": ("dero", "rep", False), "dero default": ("dero", "default", False),
-                "original": ("original", None, False)}
+# arm -> (variant, style, form): "folded" = yolo_dero.nn.reparameterize (the deployed plain network), "fused" =
+# yolo_dero.nn.fuse_units (the seed's form with its BatchNorms folded away), None = as trained. The plain twin runs
+# folded (its BatchNorms in its convs), so every ratio is against the fastest plain network.
+LATENCY_ARMS = {"plain": ("plain", "rep", "folded"), "dero rep, folded": ("dero", "rep", "folded"),
+                "dero seed, fused": ("dero", "seed", "fused"), "dero default, fused": ("dero", "default", "fused"),
+                "dero seed, unfused": ("dero", "seed", None), "original": ("original", None, None)}
+# the same arms for YOLOv5n, built from the model YAMLs (the DERO detector's units are of the seed's form) and fused
+# by the detection model's own fuse() (Ultralytics' Conv + BatchNorm fold, then fuse_units)
+YOLO_LATENCY_YAMLS = {"plain": ("yolov5n-plain-rep.yaml", True),
+                      "dero rep, folded": ("yolov5n-dero-rep.yaml", True),
+                      "dero seed, fused": ("yolov5n-dero.yaml", True),
+                      "dero seed, unfused": ("yolov5n-dero.yaml", False),
+                      "original": ("yolov5n.yaml", True)}
+# ratio columns of the table: (heading, arm)
+LATENCY_RATIOS = (("folded / plain", "dero rep, folded"), ("seed fused / plain", "dero seed, fused"),
+                  ("default fused / plain", "dero default, fused"), ("seed unfused / plain", "dero seed, unfused"))
+
+
+def latency_models(arch: str) -> Dict[str, Any]:
+    """The eval-mode models of :data:`LATENCY_ARMS` for a classification ``arch`` (10 classes) or ``"yolov5n"``
+    (3 classes); arms an architecture lacks are left out."""
+    import copy
+
+    import torch
+
+    torch.manual_seed(0)
+    if arch == "yolov5n":
+        from .ultra import DeroDetectionModel
+
+        models = {}
+        for arm, (yaml, fuse) in YOLO_LATENCY_YAMLS.items():
+            m = DeroDetectionModel(str(REPO_ROOT / "cfg" / yaml), nc=3, verbose=False).eval()
+            models[arm] = m.fuse(verbose=False) if fuse else m
+        return models
+    from classification.models import get_model
+
+    from .nn import fuse_units, reparameterize
+
+    models = {}
+    for arm, (variant, style, form) in LATENCY_ARMS.items():
+        kw = {"style": style} if style else {}
+        m = get_model(CLS_ARCHS[arch][variant], num_classes=10, **kw).eval()
+        models[arm] = {"folded": reparameterize, "fused": fuse_units}[form](copy.deepcopy(m)) if form else m
+    return models
 
 
 def inference_latency(arch: str, imgsz: int, iters: int = 10, rounds: int = 15) -> Dict[str, float]:
     """Eval-mode CPU latency (ms, batch 1) of each :data:`LATENCY_ARMS` arm of ``arch``, the arms timed interleaved
     round after round in this process; the median over rounds of the mean over ``iters`` calls."""
-    import copy
-
     import torch
 
-    from classification.models import get_model
-
-    from .nn import reparameterize
-
-    torch.manual_seed(0)
-    models = {}
-    for arm, (variant, style, fold) in LATENCY_ARMS.items():
-        kw = {"style": style} if style else {}
-        m = get_model(CLS_ARCHS[arch][variant], num_classes=10, **kw).eval()
-        models[arm] = reparameterize(copy.deepcopy(m)) if fold else m
+    models = latency_models(arch)
     x = torch.randn(1, 3, imgsz, imgsz)
     times: Dict[str, List[float]] = {arm: [] for arm in models}
     with torch.inference_mode():
@@ -390,17 +419,20 @@ def write_latency(out: Path, cases: Sequence[Tuple[str, int]], **kw) -> Path:
     _write_json(js, {"rows": rows, "settings": kw, "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "cpu": platform.processor() or platform.machine()})
     arms = list(LATENCY_ARMS)
-    lines = ["# Inference latency: the folded re-parameterizable DERO form vs its plain twin, side by side", "",
+    lines = ["# Inference latency: DERO's deployed forms vs the plain twin, side by side", "",
              f"`python -m yolo_dero.study latency` (CPU, batch 1, eval mode, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads; the arms interleaved, median over {kw.get('rounds', 15)} rounds of "
-             f"the mean of {kw.get('iters', 10)} calls). Goal: folded / plain = 1.00 ± 0.03.", "",
-             "| model | " + " | ".join(f"{a} ms" for a in arms) + " | folded / plain | unfolded / plain | "
-             "default / plain |", "|---|" + "---|" * (len(arms) + 3)]
+             f"the mean of {kw.get('iters', 10)} calls). Goals: folded / plain = 1.00 ± 0.03, seed fused / plain "
+             "<= 1.10. `plain` and `dero rep, folded` are re-parameterized (`yolo_dero.nn.reparameterize`), the "
+             "`fused` arms run `yolo_dero.nn.fuse_units`; `original` is the residual network as built (the "
+             "classifiers' BatchNorms unfolded; YOLOv5n through Ultralytics' fuse). YOLOv5n's DERO units are of the "
+             "seed's form, so it has no separate default arm.", "",
+             "| model | " + " | ".join(f"{a} ms" for a in arms) + " | "
+             + " | ".join(h for h, _ in LATENCY_RATIOS) + " |", "|---|" + "---|" * (len(arms) + len(LATENCY_RATIOS))]
     for case, r in rows.items():
-        p = r["plain (rep)"]
-        lines.append(f"| {case} | " + " | ".join(f"{r[a]:.2f}" for a in arms) +
-                     f" | {r['dero rep, folded'] / p:.3f} | {r['dero rep, unfolded'] / p:.3f} | "
-                     f"{r['dero default'] / p:.3f} |")
+        p = r["plain"]
+        lines.append(f"| {case} | " + " | ".join(f"{r[a]:.2f}" if a in r else "n/a" for a in arms) + " | "
+                     + " | ".join(f"{r[a] / p:.3f}" if a in r else "n/a" for _, a in LATENCY_RATIOS) + " |")
     md = js.with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
     return md
@@ -524,7 +556,8 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--num-calib", type=int, default=64)
             continue
         if name == "latency":
-            q.add_argument("--cases", nargs="+", default=["resnet34@64", "mcunet_v4@96", "mcunet_v4@176"],
+            q.add_argument("--cases", nargs="+",
+                           default=["resnet34@64", "mcunet_v4@96", "mcunet_v4@176", "yolov5n@128", "yolov5n@256"],
                            help="ARCH@SIZE pairs (default: %(default)s)")
             q.add_argument("--iters", type=int, default=10)
             q.add_argument("--rounds", type=int, default=15)
@@ -586,7 +619,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(write_int8_table(out, args.budget).read_text())
         return 0
     if args.kind == "latency":
-        cases = [(a, int(sz)) for a, sz in (c.split("@") for c in args.cases)]
+        try:
+            cases = [(a, int(sz)) for a, sz in (c.split("@") for c in args.cases)]
+        except ValueError:
+            print(f"error: --cases takes ARCH@SIZE pairs such as mcunet_v4@96, got {' '.join(args.cases)}",
+                  file=sys.stderr)
+            return 2
+        unknown = sorted({a for a, _ in cases} - set(CLS_ARCHS) - {"yolov5n"})
+        if unknown or any(sz < 1 for _, sz in cases):
+            print(f"error: --cases: unknown architecture {', '.join(unknown)} or a size below 1; architectures: "
+                  f"{', '.join(sorted(CLS_ARCHS) + ['yolov5n'])}", file=sys.stderr)
+            return 2
         print(write_latency(out, cases, iters=args.iters, rounds=args.rounds).read_text())
         return 0
     if args.kind == "speed":

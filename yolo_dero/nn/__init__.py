@@ -2,8 +2,9 @@
 
 from .dero import (DERO_STYLES, DeroPool, DeroStyle, DeroUnit, DropPath, Shortcut, exportable_shortcuts,
                    fold_channels, get_style, init_shortcuts, make_activation)
+from .fuse import FusedPool, FusedUnit, fuse_units
 from .reparam import FoldedUnit, NotFoldableError, fold_unit, reparameterize
 
 __all__ = ["DeroUnit", "DeroPool", "DeroStyle", "DERO_STYLES", "get_style", "init_shortcuts", "Shortcut", "DropPath",
            "exportable_shortcuts", "fold_channels", "make_activation", "FoldedUnit", "NotFoldableError", "fold_unit",
-           "reparameterize"]
+           "reparameterize", "FusedUnit", "FusedPool", "fuse_units"]

@@ -35,7 +35,7 @@ from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
 
 from ..fileutil import atomic_write_bytes, remove_stale_temps, temp_sibling  # noqa: E402
 from ..nn.dero import exportable_shortcuts  # noqa: E402
-from ..nn.reparam import reparameterize  # noqa: E402
+from ..nn.fuse import fuse_units  # noqa: E402
 from .parser import build_model, load_model_yaml, resolve_model_yaml  # noqa: E402
 
 _env.patch_ultralytics()
@@ -94,12 +94,12 @@ class DeroDetectionModel(DetectionModel):
             LOGGER.info("")
 
     def fuse(self, verbose: bool = True, imgsz: int = 640):
-        """Ultralytics' fuse (Conv + BatchNorm of the stock layers), then every DERO unit that folds exactly into one
-        convolution is folded (:func:`~yolo_dero.nn.reparameterize`): all units of a re-parameterizable model
-        (``dero_style: rep``); units of the seed's form stay as they are. Ultralytics runs it before val, predict
-        and export."""
+        """Ultralytics' fuse (Conv + BatchNorm of the stock layers), then every DERO unit in its fastest exact form
+        (:func:`~yolo_dero.nn.fuse.fuse_units`): units of a re-parameterizable model (``dero_style: rep``) fold into
+        one convolution; units of the seed's form keep their shortcut with every BatchNorm folded away. Ultralytics
+        runs it before val, predict and export."""
         super().fuse(verbose=False, imgsz=imgsz)
-        reparameterize(self, strict=False)
+        fuse_units(self)
         if verbose:
             self.info(imgsz=imgsz)
         return self

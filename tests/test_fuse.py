@@ -1,0 +1,85 @@
+"""Eager inference fusion of the seed's DERO form: every BatchNorm folded away, the output unchanged."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from classification.models import get_model
+from yolo_dero.nn import DeroPool, DeroUnit, FoldedUnit, FusedPool, FusedUnit, exportable_shortcuts, fuse_units
+
+from test_reparam import UNIT_CASES, _randomize_bn, _rel_err
+
+FUSE_CASES = UNIT_CASES + [dict(c_in=16, c_out=8, k=3, s=2)]  # strided sum-pool, then a fold
+
+
+@pytest.mark.parametrize("case", FUSE_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_fused_seed_unit_equals_the_unit(case, norm):
+    for shortcut_bn in ("all", "changes"):
+        for act in ("relu", "silu"):
+            unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn))
+            fused = fuse_units(nn.Sequential(copy.deepcopy(unit)))[0]
+            assert isinstance(fused, FusedUnit)
+            assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+            # odd and even sizes, twice each: the border map is cached per size and must not leak across sizes
+            for size in (15, 16, 15, 16):
+                x = torch.randn(2, case["c_in"], size, size)
+                with torch.no_grad():
+                    y = unit(x)
+                    assert _rel_err(y, fused(x)) < 1e-5, (norm, shortcut_bn, act, size)
+                    with exportable_shortcuts():  # the out-of-place path used while a tracer captures the graph
+                        assert _rel_err(y, fused(x)) < 1e-5, (norm, shortcut_bn, act, size, "export")
+
+
+def test_fused_border_is_what_zero_padding_after_bn_in_needs():
+    """Folding bn_in's shift into the bias alone is wrong at the border: the fused unit must correct it there."""
+    unit = _randomize_bn(DeroUnit(4, 4, k=3, act="relu", shortcut=False))
+    fused = fuse_units(nn.Sequential(copy.deepcopy(unit)))[0]
+    assert fused.has_border
+    x = torch.randn(1, 4, 9, 9)
+    with torch.no_grad():
+        uncorrected = fused.act(fused.conv(x))
+        y = unit(x)
+        assert not torch.allclose(uncorrected[..., 0, :], y[..., 0, :], atol=1e-3)
+        assert torch.allclose(uncorrected[..., 1:-1, 1:-1], y[..., 1:-1, 1:-1], atol=1e-5)
+        assert _rel_err(y, fused(x)) < 1e-5
+
+
+def test_fused_pool_and_foldable_units():
+    pool = _randomize_bn(DeroPool(8))
+    linear = _randomize_bn(DeroUnit(16, 8, k=1, act=None))  # a linear unit folds into one conv
+    model = fuse_units(nn.Sequential(copy.deepcopy(pool), copy.deepcopy(linear)))
+    assert isinstance(model[0], FusedPool) and isinstance(model[1], FoldedUnit)
+    x = torch.randn(1, 8, 17, 17)
+    x16 = torch.randn(1, 16, 9, 9)
+    with torch.no_grad():
+        assert _rel_err(pool(x), model[0](x)) < 1e-5
+        assert _rel_err(linear(x16), model[1](x16)) < 1e-5
+
+
+@pytest.mark.parametrize("name,style", [("resnet34dero", "seed"), ("mcunet_dero_v4", "seed"),
+                                        ("mcunet_dero_v4", "default"), ("densenet121_dero", "default")])
+def test_fused_family_equals_unfused(name, style):
+    torch.manual_seed(0)
+    model = _randomize_bn(get_model(name, num_classes=10, style=style))
+    fused = fuse_units(copy.deepcopy(model))
+    assert not any(isinstance(m, (DeroUnit, DeroPool)) for m in fused.modules())
+    x = torch.randn(2, 3, 40, 40)
+    with torch.inference_mode():
+        assert _rel_err(model(x), fused(x)) < 1e-5
+
+
+def test_yolo_fuse_fuses_the_seed_form():
+    from yolo_dero.ultra import DeroDetectionModel
+
+    torch.manual_seed(0)
+    model = _randomize_bn(DeroDetectionModel("cfg/yolov5n-dero.yaml", nc=3, verbose=False))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = model(x)[0]
+        fused = copy.deepcopy(model).fuse(verbose=False)
+        assert _rel_err(y, fused(x)[0]) < 1e-5
+    assert not any(isinstance(m, (DeroUnit, nn.BatchNorm2d)) for m in fused.modules())
+    assert any(isinstance(m, FusedUnit) for m in fused.modules())
