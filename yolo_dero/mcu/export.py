@@ -41,6 +41,7 @@ from torch import nn
 
 from ..nn.dero import DeroUnit, Shortcut
 from ..nn.reparam import fold_input_norm, reparameterize
+from .rewrite import simplify_file
 
 ImgSize = Union[int, Sequence[int]]
 
@@ -531,13 +532,16 @@ def _quiet(enabled: bool = True):
 def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
                   calib: Union[None, str, Sequence[torch.Tensor]] = None,
                   num_calib: int = 8, in_channels: Optional[int] = None, quantize: bool = True,
-                  check: bool = True, lower: bool = True, quiet: bool = True) -> ExportResult:
+                  check: bool = True, lower: bool = True, quiet: bool = True, simplify: bool = True) -> ExportResult:
     """Export ``model`` to a full-integer TFLite flatbuffer at ``out`` (NHWC int8 input, int8 outputs).
 
     ``quantize=False`` writes the float model (used by the tests of the check); with ``check=True`` the
     float/QUANTIZE check then raises :class:`FloatTensorError`, as it does for any leftover float tensor.
     ``calib`` (see :func:`calibration_images`): None calibrates on synthetic noise here (fast, fine for memory
     figures); ``python -m yolo_dero.mcu export`` passes real images by default (:func:`cli_calibration_source`).
+    ``simplify``: exact graph rewrites (:mod:`~yolo_dero.mcu.rewrite`): every ``PAD`` that equals TFLite's
+    ``SAME`` padding folded into its operator (models trained with :func:`yolo_dero.nn.padding.to_same_padding`),
+    ``TRANSPOSE`` round trips removed.
     """
     if quantize and num_calib < 1:
         raise ValueError(f"num_calib={num_calib}: full-integer quantization needs at least one calibration image")
@@ -577,6 +581,8 @@ def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
         else:
             edge = litert_torch.convert(wrapped, sample)
         edge.export(str(out))
+    if simplify:
+        counts.update(simplify_file(out))
     info = check_full_int8(out) if check else inspect_tflite(out)
     return ExportResult(
         path=str(out), imgsz=(h, w), input_shape=info.tensors[info.inputs[0]]["shape"],

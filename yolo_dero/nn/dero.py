@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .padding import SamePad, same_pads
+
 ActivationSpec = Union[None, bool, str, nn.Module, Callable[[], nn.Module]]
 ShortcutNorm = Union[bool, str]  # True / "all", False / "none", "changes" or "strided"
 
@@ -330,8 +332,24 @@ class DeroUnit(nn.Module):
         self.shortcut = Shortcut(c_in, c_out, k, s, p, bn=shortcut_bn) if shortcut else None
         self.branch_1x1 = nn.Sequential(nn.Conv2d(c_in, c_out, 1, s, 0, groups=groups, bias=False),
                                         nn.BatchNorm2d(c_out)) if branch_1x1 else None
+        self.same_pad: Optional[SamePad] = None
+
+    def use_same_padding(self) -> None:
+        """Pad like TFLite's ``SAME`` (see :mod:`yolo_dero.nn.padding`): a strided unit pads ``x`` once, before
+        everything, and its conv and shortcut sum-pool read that padded input without padding of their own."""
+        k, s = self.conv.kernel_size[0], self.conv.stride[0]
+        if s == 1 or k == 1 or self.same_pad is not None:
+            return  # stride 1 with an odd kernel is SAME already; a strided 1x1 reads no padding
+        if self.branch_1x1 is not None:
+            raise ValueError("same padding is not supported with RepVGG's 1x1 branch (its window would shift)")
+        self.same_pad = SamePad(k, s)
+        self.conv.padding, self.pad = (0, 0), 0
+        if self.shortcut is not None:
+            self.shortcut.p = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_pad is not None:
+            x = self.same_pad(x)
         z = F.pad(x, (self.pad,) * 4) if self.pad else x
         if self.act_after_add:
             z = self.bn(self.conv(self.bn_in(z)))
@@ -365,12 +383,34 @@ class DeroPool(nn.Module):
         else:
             raise ValueError(f"pool mode must be 'max' or 'avg', got {mode!r}")
         self.shortcut = Shortcut(channels, channels, k, s, p, bn=shortcut_bn) if shortcut else None
+        self.same_pad: Optional[SamePad] = None
+
+    def use_same_padding(self) -> None:
+        """Pad like TFLite's ``SAME``: the max-pool reads ``x`` padded with ``-inf``, the shortcut with zeros."""
+        k, s = _first(self.pool.kernel_size), _first(self.pool.stride)
+        if s == 1 or k == 1 or self.same_pad is not None:
+            return
+        self.same_pad = SamePad(k, s, float("-inf") if isinstance(self.pool, nn.MaxPool2d) else 0.0)
+        self.pool.padding = 0
+        if self.shortcut is not None:
+            self.shortcut.p = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pool(x)
+        y = self.pool(self.same_pad(x) if self.same_pad is not None else x)
         if self.shortcut is not None:
-            y = y + self.shortcut(x)
+            y = y + self.shortcut(F.pad(x, _same_amounts(x, self.same_pad)) if self.same_pad is not None else x)
         return y
+
+
+def _first(v) -> int:
+    return v if isinstance(v, int) else v[0]
+
+
+def _same_amounts(x: torch.Tensor, pad: SamePad):
+    """The ``F.pad`` amounts of ``pad`` for ``x`` (for padding a second copy with zeros)."""
+    top, bottom = same_pads(int(x.shape[-2]), pad.k, pad.s)
+    left, right = same_pads(int(x.shape[-1]), pad.k, pad.s)
+    return (left, right, top, bottom)
 
 
 @contextmanager

@@ -122,6 +122,7 @@ class FusedUnit(nn.Module):
         self.conv.requires_grad_(False)
         self.act, self.act_out_of_place = _inplace(unit.act), unit.act
         self.shortcut = _FusedShortcut(unit.shortcut) if unit.shortcut is not None else None
+        self.same_pad = unit.same_pad  # TFLite-style SAME padding, before everything (the conv then has none)
         # the border map: only where bn_in has a shift and the conv zero-pads its output. Per output channel, each
         # kernel tap that reads padding misses sum_c w[o, c, u, v] * shift[c] (times the post-conv BatchNorm's scale)
         _, t_in = bn_affine(unit.bn_in, conv.in_channels)
@@ -150,6 +151,8 @@ class FusedUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         exporting = _exporting()
+        if self.same_pad is not None:
+            x = self.same_pad(x)
         y = self.conv(x)
         if self.has_border:
             border, (top, bottom, left, right) = self._border(int(x.shape[-2]), int(x.shape[-1]), y)
@@ -220,6 +223,8 @@ def fuse_units(model: nn.Module, keep_attributes: Sequence[str] = LAYER_ATTRIBUT
         for name, child in list(parent.named_children()):
             if isinstance(child, DeroUnit):
                 new = fold_unit(child) if fold_reason(child) is None else FusedUnit(child)
+            elif isinstance(child, DeroPool) and child.same_pad is not None:
+                new = child  # already one pass per path; the padded copies differ (-inf and zeros)
             elif isinstance(child, DeroPool):
                 new = child.pool if child.shortcut is None else FusedPool(child)
             else:

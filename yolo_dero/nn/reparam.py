@@ -36,7 +36,8 @@ class NotFoldableError(ValueError):
 
 class FoldedUnit(nn.Module):
     """A folded DERO unit: ``act(conv(x))``, with right/bottom zero-padding to a multiple of ``pad_to`` first
-    (only a strided 1x1 unit needs it: its ceil-mode shortcut window covers a partial last row/column).
+    (only a strided 1x1 unit needs it: its ceil-mode shortcut window covers a partial last row/column), or the
+    unit's TFLite-style ``same_pad``.
 
     Counts as one operator for the memory analyzer, as the unit did.
     Shapes: those of the unit it replaces.
@@ -44,11 +45,13 @@ class FoldedUnit(nn.Module):
 
     is_dero_operator = True
 
-    def __init__(self, conv: nn.Conv2d, act: nn.Module, pad_to: int = 1):
+    def __init__(self, conv: nn.Conv2d, act: nn.Module, pad_to: int = 1, same_pad: Optional[nn.Module] = None):
         super().__init__()
-        self.conv, self.act, self.pad_to = conv, act, pad_to
+        self.conv, self.act, self.pad_to, self.same_pad = conv, act, pad_to, same_pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_pad is not None:  # a unit trained with TFLite-style SAME padding (yolo_dero.nn.padding)
+            x = self.same_pad(x)
         if self.pad_to > 1:
             ph, pw = (-x.shape[-2]) % self.pad_to, (-x.shape[-1]) % self.pad_to
             if ph or pw:
@@ -153,7 +156,7 @@ def fold_unit(unit: DeroUnit) -> FoldedUnit:
                        groups=conv.groups, bias=True).to(conv.weight.device)
     folded.weight.copy_(w.to(conv.weight.dtype))
     folded.bias.copy_(b.to(conv.weight.dtype))
-    return FoldedUnit(folded, unit.act, pad_to)
+    return FoldedUnit(folded, unit.act, pad_to, unit.same_pad)
 
 
 def reparameterize(model: nn.Module, strict: bool = True, keep_attributes: Sequence[str] = LAYER_ATTRIBUTES,
@@ -186,7 +189,8 @@ def reparameterize(model: nn.Module, strict: bool = True, keep_attributes: Seque
                     raise NotFoldableError(f"{where}: cannot be folded into one convolution: {fold_reason(child)}")
             elif isinstance(child, DeroPool):
                 if child.shortcut is None:
-                    replace(parent, name, child, child.pool)
+                    replace(parent, name, child, child.pool if child.same_pad is None
+                            else nn.Sequential(child.same_pad, child.pool))
                 elif strict:
                     raise NotFoldableError(f"{where}: a pool with a shortcut is not one operator "
                                            "(build the model with a style whose pools are plain, e.g. 'rep')")
