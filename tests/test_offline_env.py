@@ -40,7 +40,8 @@ def _env(tmp: Path, **extra: str) -> dict:
 
 
 def _py(tmp: Path, code: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 def _report(p: subprocess.CompletedProcess) -> dict:
