@@ -24,12 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
 
-if __package__ in (None, "") and __name__ == "__main__":
-    # `python classification/train.py`: put the repository root, not classification/, on sys.path
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-    sys.path.insert(0, os.path.dirname(_here))
-
 import torch
 import torch.utils.data
 from torch import nn

@@ -28,8 +28,10 @@ TIMEOUT = 300
 
 
 def _env(tmp: Path) -> dict:
+    """The script imports the project as installed; PYTHONPATH makes that this checkout, whatever is installed."""
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", DERO_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1")
+    env.update(OMP_NUM_THREADS="1", DERO_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
     return env
 
 
@@ -254,3 +256,12 @@ def test_reparameterized_model_evaluates_like_the_trained_one(work, data):
     assert "folded (re-parameterized) weights" in text and _acc(text) == [acc]
     p = _train(work, *_common(data, work / "rep2"), *rep, "--epochs", "1", "--weights", work / "folded.pth")
     assert p.returncode == 2 and "cannot be trained" in p.stderr
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_train_runs_as_a_script_and_as_a_module(tmp_path, how):
+    """No sys.path edits in train.py: the installed (here: PYTHONPATH) project serves both README forms."""
+    cmd = [sys.executable, TRAIN] if how == "script" else [sys.executable, "-m", "classification.train"]
+    p = subprocess.run([*cmd, "--help"], cwd=tmp_path if how == "script" else REPO, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert p.returncode == 0 and "--model" in p.stdout, p.stderr[-3000:]

@@ -21,7 +21,8 @@ ARGS = ["--model", "mcunet_plain_v4", "-b", "8", "-j", "0", "--seed", "0", "--ep
 
 
 def _train(tmp: Path, *args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", DERO_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", DERO_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))  # this checkout
     return subprocess.run([sys.executable, TRAIN, *ARGS, *map(str, args)], cwd=tmp, env=env, capture_output=True,
                           text=True, timeout=300)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 # Ultralytics' logger binds the stderr of the moment it is imported: import it here, not inside a test's capsys
-import yolo_dero.ultra  # noqa: F401,E402
+import yolo_dero.ultra  # noqa: F401
 
 
 def _one_line_error(capsys, code: int, *words: str) -> str:

@@ -13,7 +13,7 @@ activation arena (head), where nothing runs in place:
   its plain twin 2T;
 * two classic residual blocks ``x + conv2(relu(conv1(x)))``: 3T live, but TFLM's greedy planner places the
   equal-size buffers largest-first in reverse tensor order and leaves a gap -> 4T = 65,536 reserved
-  (observed, /work/shared/NOTES.md; the analyzer's ``tflm`` engine reproduces the gap).
+  (measured below with the tflite-micro package; the analyzer's ``tflm`` engine reproduces the gap).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_toy_export_is_full_integer_nhwc(exported, name):
 
 
 def test_dero_twin_costs_one_tensor_more_than_plain_under_tflm(exported):
-    # TFLM adds are not in place: x, conv output and sum live together (the offline plan of NOTES.md removes it)
+    # TFLM adds are not in place: x, conv output and sum live together (an offline plan removes it: test_mcu_plan.py)
     assert exported["dero_twin"][2].head_bytes - exported["plain_twin"][2].head_bytes == T
     assert exported["dero_twin"][1].op_counts.get("ADD") == 3
     assert exported["plain_twin"][1].op_counts.get("ADD") is None

@@ -1,4 +1,4 @@
-"""The activation-memory analyzer, pinned against peaks computed by hand (DESIGN.md §5, docs/memory_model.md).
+"""The activation-memory analyzer, pinned against peaks computed by hand (docs/memory_model.md).
 
 Toy graphs use 16x32x32 tensors: 16,384 bytes each at int8 ("T" below).
 """

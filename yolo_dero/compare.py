@@ -166,7 +166,8 @@ def to_markdown(r: Dict[str, Any]) -> str:
     lines += [f"Training images/s: per epoch, images / time between `on_train_epoch_start` and `on_train_epoch_end` "
               f"(validation excluded); the median over epochs (the all-epochs figure is `train_img_s_total` in the JSON). Latency: CPU, batch 1, float32, eval mode, BatchNorm not folded, median "
               f"of {r['latency_repeats']} interleaved runs in one process. Peak memory: int8 activations, batch 1, at "
-              f"imgsz {b['imgsz']} (`yolo_dero.memory`: `fused` = DESIGN.md §5, `tflm` = TFLM greedy planner; "
+              f"imgsz {b['imgsz']} (`yolo_dero.memory`: `fused` = docs/memory_model.md §3, "
+              f"`tflm` = TFLM greedy planner; "
               f"'body' = after the stem). Machine: {env['cpu']}, {env['cpus']} CPUs, torch {env['torch']}, "
               f"{env['torch_threads']} threads."]
     if r.get("pictures"):

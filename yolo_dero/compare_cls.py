@@ -132,7 +132,8 @@ def to_markdown(r: Dict[str, Any]) -> str:
               f"Training images/s: per epoch, images / time spent in train.py's `train_one_epoch` (evaluation excluded); "
               f"the median over epochs (all epochs together: `train_img_s_total` in the JSON). Latency: CPU, batch 1, float32, eval mode, median of {r['latency_repeats']} interleaved runs in "
               f"one process, at {r['eval_imgsz']} px. Peak memory: int8 activations, batch 1, at {r['eval_imgsz']} px "
-              f"(`fused` = DESIGN.md §5, `tflm` = TFLM greedy planner; 'body' = after the stem). Machine: {env['cpu']}, "
+              f"(`fused` = docs/memory_model.md §3, `tflm` = TFLM greedy planner; 'body' = after the stem). "
+              f"Machine: {env['cpu']}, "
               f"{env['cpus']} CPUs, torch {env['torch']}, {env['torch_threads']} threads."]
     return "\n".join(lines)
 

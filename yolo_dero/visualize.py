@@ -24,9 +24,9 @@ import numpy as np
 
 import yolo_dero.ultra  # noqa: F401  (offline Ultralytics set-up; must precede ultralytics)
 
-import cv2  # noqa: E402
-from ultralytics.data.utils import IMG_FORMATS, img2label_paths  # noqa: E402
-from ultralytics.utils.plotting import colors  # noqa: E402
+import cv2
+from ultralytics.data.utils import IMG_FORMATS, img2label_paths
+from ultralytics.utils.plotting import colors
 
 PANEL_HEIGHT = 320
 HEADER_HEIGHT = 28

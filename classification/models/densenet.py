@@ -1,6 +1,6 @@
 """DenseNet121: torchvision's original, its DERO form and the plain twin of the DERO form.
 
-DERO form (DESIGN.md section 4): the ResNet-DERO stem (7x7/2 conv and 3x3/2 max-pool, each a DERO unit),
+DERO form: the ResNet-DERO stem (7x7/2 conv and 3x3/2 max-pool, each a DERO unit),
 then four stages of dense layers of constant width (6 x 76, 12 x 92, 24 x 116, 16 x 112 channels). The
 concatenation of the original would keep every earlier feature map alive, so the DERO layers form a
 chain: each layer is a 1x1 :class:`DeroUnit` (``in -> w``) followed by a 3x3 one (``w -> w``). After

@@ -4,7 +4,7 @@ Original: a 3x3/2 stem to 16 channels, 18 inverted-residual blocks (1x1 expand, 
 projection; the block input is added when stride is 1 and channels match), global pool, linear from 160.
 Published: 0.74M parameters, 81.8M MACs at 176x176.
 
-DERO form (DESIGN.md section 4): the stem and each of the three layers of every block is a
+DERO form: the stem and each of the three layers of every block is a
 :class:`DeroUnit` (expand and depthwise with ReLU6, projection linear) and the block-level add is
 dropped, since it would keep the block input alive across three operators. The plain twin is the same
 network with every shortcut removed.

@@ -1,6 +1,6 @@
 """ResNet34/50: torchvision's originals, their DERO form and the plain twin of the DERO form.
 
-DERO form (DESIGN.md section 4): every convolution of every block is one :class:`DeroUnit` (BasicBlock:
+DERO form: every convolution of every block is one :class:`DeroUnit` (BasicBlock:
 3x3 stride s, 3x3; Bottleneck: 1x1, 3x3 stride s, 1x1 expand x4), each with ReLU, so no residual spans
 more than one operator and no projection convolution is left. The stem is two DERO units of its own:
 the 7x7/2 convolution and the 3x3/2 max-pool. The plain twin is the same network with every shortcut

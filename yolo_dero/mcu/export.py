@@ -1,6 +1,6 @@
 """Full-integer TFLite export (int8 weights and activations, int8 input and output, NHWC input).
 
-Path (litert-torch 0.10, see /work/shared/NOTES.md): the model is lowered for deployment
+Path (litert-torch 0.10; docs/deployment.md): the model is lowered for deployment
 (:func:`lower_for_export`), wrapped to take NHWC input, exported with ``torch.export.export(strict=True)``
 (non-strict export leaves adds and means in float), quantized post-training with torchao's PT2E
 ``prepare_pt2e`` / ``convert_pt2e`` and litert-torch's int8 quantizer extended to every activation

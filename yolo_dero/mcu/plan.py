@@ -2,8 +2,8 @@
 
 TFLM's planner honours a model metadata entry named ``OfflineMemoryAllocation`` (little-endian int32
 ``[version=1, subgraph=0, number_of_tensors, offset_0, ..., offset_{n-1}]``, one arena offset per tensor
-of the model, ``-1`` for tensors it should plan itself; /work/shared/NOTES.md). It validates nothing but the
-count, so this module
+of the model, ``-1`` for tensors it should plan itself; "Offline planned tensor allocations" in TFLM's
+docs/memory_management.md). It validates nothing but the count, so this module
 
 1. **plans** (:func:`plan_model`): the lifetime of every activation tensor from the operator order, with
    TFLM's rules (a graph input lives from operator 0, a graph output until the last operator, lifetimes are

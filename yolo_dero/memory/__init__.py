@@ -1,4 +1,4 @@
-"""Activation-memory analysis: peak memory of any ``nn.Module`` under DESIGN.md §5 (engine ``fused``)
+"""Activation-memory analysis: peak memory of any ``nn.Module`` under docs/memory_model.md §3 (engine ``fused``)
 and under TensorFlow Lite Micro's greedy planner (engine ``tflm``). See docs/memory_model.md.
 
 CLI: ``python -m yolo_dero.memory --model resnet34dero --imgsz 224 [--engine tflm]``.

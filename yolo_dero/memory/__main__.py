@@ -63,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--model", required=True, help="registry name, model YAML path or .pt file")
     ap.add_argument("--imgsz", type=int, nargs="+", default=[224], help="input size: N or H W (default 224)")
     ap.add_argument("--engine", choices=ENGINES, default="fused",
-                    help="fused: DESIGN.md §5 (default); tflm: TFLite Micro, no in-place, greedy arena")
+                    help="fused: docs/memory_model.md §3 (default); tflm: TFLite Micro, no in-place, greedy arena")
     ap.add_argument("--bytes-per-element", type=int, choices=(1, 2, 4), default=1,
                     help="1 = int8 (default), 4 = float32")
     ap.add_argument("--json", metavar="FILE", help="write the figures (and the profile) as JSON")

@@ -1,4 +1,4 @@
-"""Activation-memory analysis of any ``nn.Module`` under the memory model of DESIGN.md §5.
+"""Activation-memory analysis of any ``nn.Module`` under the memory model of docs/memory_model.md.
 
     >>> from yolo_dero.memory import analyze
     >>> r = analyze(model, imgsz=224)                 # engine "fused", int8

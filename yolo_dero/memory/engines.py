@@ -6,7 +6,7 @@ See docs/memory_model.md for the model these functions implement. In short:
   collapsing every DERO unit into one operator (reads the unit's input, writes its output), then
   fusing BatchNorm / activation epilogues into their producer (conv+BN+act is one operator) and a
   BatchNorm whose producer cannot absorb it into its single reader (a pre-normalisation).
-* :func:`fused_plan`: DESIGN.md §5. Every operator writes a new buffer, except that elementwise
+* :func:`fused_plan`: docs/memory_model.md §3. Every operator writes a new buffer, except that elementwise
   operators (and operators PyTorch itself ran in place) write into a dying input of equal size.
 * :func:`tflm_plan`: TensorFlow Lite Micro. No operator works in place, DERO units are their conv,
   shortcut and add operators, a strided conv/pool with PyTorch's symmetric padding is preceded by an
@@ -262,7 +262,7 @@ def _profile(n_ops: int, buffers: Sequence[Tuple[int, int, int]]) -> List[int]:
 
 
 def fused_plan(trace: Trace, bytes_per_element: int = 1, ops: Optional[List[Op]] = None) -> Plan:
-    """DESIGN.md §5: new output buffers, elementwise ops in place into a dying input of equal size."""
+    """docs/memory_model.md §3: new output buffers, elementwise ops in place into a dying input of equal size."""
     ops = operator_sequence(trace, collapse_units=True) if ops is None else ops
     first, last = _lifetimes(trace, ops)
     numel = {v.id: v.numel for v in trace.values}

@@ -1,21 +1,19 @@
 """Ultralytics glue for the DERO YOLO models.
 
-Importing this package first sets up an offline, project-owned Ultralytics environment (see :mod:`.env`),
-then imports Ultralytics. Everything that touches Ultralytics in this project imports it from here.
+Importing this package makes the project's one offline set-up call, :func:`.env.setup_offline` (environment
+defaults, project-owned settings, a local font; see :mod:`.env`), which imports Ultralytics. Everything in the
+project that touches Ultralytics imports it from here, so the set-up comes first.
 """
 
-from .env import patch_ultralytics, setup_environment
+from .env import OfflineSetupError, setup_offline
 
-setup_environment()
+setup_offline()
 
-import ultralytics  # noqa: E402,F401
-
-patch_ultralytics()
-
+# after the set-up: these modules import Ultralytics
 from .model import CheckpointError, DeroDetectionModel, DeroDetectionTrainer, DeroYOLO, check_checkpoint  # noqa: E402
 from .parser import ModelConfigError, build_model, load_model_yaml, resolve_model_yaml  # noqa: E402
 from .evaluate import evaluate_detector  # noqa: E402
 
 __all__ = ["DeroYOLO", "DeroDetectionModel", "DeroDetectionTrainer", "CheckpointError", "ModelConfigError",
-           "check_checkpoint", "build_model", "load_model_yaml", "resolve_model_yaml", "setup_environment",
-           "evaluate_detector"]
+           "OfflineSetupError", "check_checkpoint", "build_model", "load_model_yaml", "resolve_model_yaml",
+           "setup_offline", "evaluate_detector"]

@@ -10,18 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import env as _env
+import torch
 
-_env.setup_environment()
-
-import torch  # noqa: E402
-
-from ..datasets import DatasetError, resolve_data  # noqa: E402
-from ..fileutil import unwritable_reason  # noqa: E402
-from ..paths import REPO_ROOT  # noqa: E402
-from .evaluate import evaluate_detector, report_label_issues  # noqa: E402
-from .model import CheckpointError, DeroYOLO, check_checkpoint  # noqa: E402
-from .parser import ModelConfigError  # noqa: E402
+from ..datasets import DatasetError, resolve_data
+from ..fileutil import unwritable_reason
+from ..paths import REPO_ROOT
+from .evaluate import evaluate_detector, report_label_issues
+from .model import CheckpointError, DeroYOLO, check_checkpoint
+from .parser import ModelConfigError
 
 # The default quick CPU schedule: DERO YOLOv5n on the built-in shapes data, reaching mAP50 >= 0.5 on its val
 # split in a few minutes on 2 CPU cores (see the README section for measured figures).

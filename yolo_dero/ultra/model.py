@@ -20,25 +20,20 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import env as _env
+import torch
+from ultralytics import YOLO
+from ultralytics.models import yolo
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.modules import Detect
+from ultralytics.nn.tasks import BaseModel, DetectionModel
+from ultralytics.utils import LOGGER, RANK
+from ultralytics.utils.torch_utils import initialize_weights
 
-_env.setup_environment()
-
-import torch  # noqa: E402
-from ultralytics import YOLO  # noqa: E402
-from ultralytics.models import yolo  # noqa: E402
-from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
-from ultralytics.nn.modules import Detect  # noqa: E402
-from ultralytics.nn.tasks import BaseModel, DetectionModel  # noqa: E402
-from ultralytics.utils import LOGGER, RANK  # noqa: E402
-from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
-
-from ..fileutil import atomic_write_bytes, remove_stale_temps, temp_sibling  # noqa: E402
-from ..nn.dero import exportable_shortcuts  # noqa: E402
-from ..nn.fuse import fuse_units  # noqa: E402
-from .parser import build_model, load_model_yaml, resolve_model_yaml  # noqa: E402
-
-_env.patch_ultralytics()
+from ..fileutil import atomic_write_bytes, remove_stale_temps, temp_sibling
+from ..nn.dero import exportable_shortcuts
+from ..nn.fuse import fuse_units
+from .env import offline_check_amp
+from .parser import build_model, load_model_yaml, resolve_model_yaml
 
 __all__ = ["DeroDetectionModel", "DeroDetectionTrainer", "DeroYOLO", "CheckpointError", "check_checkpoint",
            "atomic_checkpoint_writes", "rewind_results_csv"]
@@ -251,12 +246,18 @@ def _number(text: str) -> float:
         return float("inf")
 
 
+PLATFORM_CALLBACKS = "ultralytics.utils.callbacks.platform"  # the callbacks that upload to Ultralytics Platform
+
+
 class DeroDetectionTrainer(DetectionTrainer):
     """DetectionTrainer whose models are DeroDetectionModels (fresh from a YAML, or rebuilt from a checkpoint).
 
     Data safety on top of Ultralytics: checkpoints are written atomically (:func:`atomic_checkpoint_writes`),
     temporaries of a killed save are deleted at the next start, and a resumed run's ``results.csv`` lists every
     epoch once (:func:`rewind_results_csv`) with its ``time`` column continuing from the checkpoint's.
+
+    Offline: ``check_amp`` does not download ``yolo26n.pt`` (:func:`~.env.offline_check_amp`, replaced only while
+    this trainer sets up) and Ultralytics Platform callbacks never run (:meth:`run_callbacks`).
     """
 
     _time_offset = 0.0  # seconds of training before a resume (results.csv's time column continues from it)
@@ -270,10 +271,19 @@ class DeroDetectionTrainer(DetectionTrainer):
         return model
 
     def _setup_train(self):
-        """Ultralytics' setup, after deleting the temporary files of checkpoint saves a kill interrupted."""
+        """Ultralytics' setup, after deleting the temporary files of checkpoint saves a kill interrupted, with a
+        ``check_amp`` that does not download (:func:`~.env.offline_check_amp`)."""
         if RANK in {-1, 0}:
             remove_stale_temps(self.wdir)
-        return super()._setup_train()
+        with offline_check_amp():
+            return super()._setup_train()
+
+    def run_callbacks(self, event: str):
+        """Ultralytics' callbacks except its Platform ones: training never uploads, whatever
+        ``ULTRALYTICS_API_KEY`` or the ``api_key`` setting holds."""
+        for callback in self.callbacks.get(event, []):
+            if getattr(callback, "__module__", None) != PLATFORM_CALLBACKS:
+                callback(self)
 
     def save_model(self):
         """Ultralytics' save, with last.pt, best.pt and epochN.pt each written atomically."""
