@@ -301,7 +301,7 @@ def toy_tflite(tmp_path_factory):
     from torch import nn
 
     from yolo_dero.mcu import export_tflite
-    from yolo_dero.mcu.crosscheck import OneConvResidual
+    from yolo_dero.mcu.reports import OneConvResidual
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("faults_mcu")
@@ -317,16 +317,17 @@ def _copy(src: Path, folder: Path) -> Path:
 
 
 def test_plan_in_place_with_failing_check_keeps_the_input(toy_tflite, tmp_path, monkeypatch, capsys):
-    from yolo_dero.mcu import plan
+    from yolo_dero.mcu import offline_plan
     from yolo_dero.mcu.__main__ import main
+    from yolo_dero.mcu.tflite import PlanError
 
     x = _copy(toy_tflite, tmp_path / "m")
     before = x.read_bytes()
 
     def failing(*a, **k):
-        raise plan.PlanError("planned TFLM outputs differ (injected)")
+        raise PlanError("planned TFLM outputs differ (injected)")
 
-    monkeypatch.setattr(plan, "verify_plan", failing)
+    monkeypatch.setattr(offline_plan, "verify_plan", failing)
     assert main(["plan", str(x), "--out", str(x)]) == 1
     assert "injected" in capsys.readouterr().err
     assert x.read_bytes() == before and _temps(x.parent) == []
@@ -341,7 +342,8 @@ def test_plan_in_place_with_failing_check_keeps_the_input(toy_tflite, tmp_path, 
 def test_replanning_adds_no_buffer_and_in_place_plan_replaces_the_input(toy_tflite, tmp_path):
     from ai_edge_litert import schema_py_generated as schema
 
-    from yolo_dero.mcu.plan import plan_file, read_offsets, validate_plan
+    from yolo_dero.mcu.offline_plan import plan_file, validate_plan
+    from yolo_dero.mcu.tflite import read_offsets
 
     n_buffers = lambda f: schema.Model.GetRootAs(f.read_bytes(), 0).BuffersLength()  # noqa: E731
     x = _copy(toy_tflite, tmp_path)

@@ -32,7 +32,7 @@ require_mcu_packages()
 from yolo_dero.memory import analyze  # noqa: E402
 from yolo_dero.mcu import (FloatTensorError, check_full_int8, export_tflite, float_problems,  # noqa: E402
                            inspect_tflite, lower_for_export, measure_arena)
-from yolo_dero.mcu.crosscheck import ClassicResidual, OneConvResidual, randomize_batchnorm  # noqa: E402
+from yolo_dero.mcu.reports import ClassicResidual, OneConvResidual, randomize_batchnorm  # noqa: E402
 from yolo_dero.nn import DeroUnit  # noqa: E402
 
 
@@ -102,7 +102,7 @@ def test_reparameterized_dero_exports_as_its_plain_twin(exported):
 
 
 def test_predict_litert_follows_the_float_model(exported):
-    from yolo_dero.mcu.arena import predict_litert
+    from yolo_dero.mcu.runtime import predict_litert
 
     model, r, _ = exported["rep_dero"]
     x = torch.rand(4, 32, 32, 16)  # NHWC, the calibration range
@@ -144,15 +144,13 @@ def test_float_export_fails_the_check(tmp_path):
 
 
 def test_arena_bisection_finds_the_boundary(exported):
-    from yolo_dero.mcu.arena import _allocates
+    from yolo_dero.mcu.runtime import allocates, allocations
 
     _, r, a = exported["plain_chain"]
     data = open(r.path, "rb").read()
-    assert _allocates(data, a.minimal_arena_bytes)
-    assert not _allocates(data, a.minimal_arena_bytes - 16)
+    assert allocates(data, a.minimal_arena_bytes)
+    assert not allocates(data, a.minimal_arena_bytes - 16)
     with pytest.raises(RuntimeError):
-        from yolo_dero.mcu.arena import allocations
-
         allocations(data, a.head_bytes // 2)
 
 

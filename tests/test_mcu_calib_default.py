@@ -44,8 +44,8 @@ def test_cli_calib_choices_pass_through(monkeypatch, tmp_path):
 
     from yolo_dero.mcu import __main__ as cli
 
-    monkeypatch.setattr(ex, "export_tflite", fake_export)
-    monkeypatch.setattr(ex, "require", lambda *a: None)
+    monkeypatch.setattr(cli, "export_tflite", fake_export)
+    monkeypatch.setattr(cli, "require", lambda *a: None)
     with pytest.raises(RuntimeError, match="stop here"):
         cli.main(["export", "--model", "mcunet_plain_v4", "--imgsz", "32", "--out", str(tmp_path / "m.tflite"),
                   "--no-plan"])

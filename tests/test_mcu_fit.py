@@ -30,9 +30,10 @@ require_mcu_packages()
 
 from yolo_dero.mcu import measure_arena  # noqa: E402
 from yolo_dero.mcu.__main__ import EXIT_NO_FIT, main, unplanned_path  # noqa: E402
-from yolo_dero.mcu.crosscheck import ClassicResidual, OneConvResidual  # noqa: E402
+from yolo_dero.mcu.reports import ClassicResidual, OneConvResidual  # noqa: E402
 from yolo_dero.mcu.fit import activation_peak, fit_check  # noqa: E402
-from yolo_dero.mcu.plan import has_plan, strip_plan, validate_plan  # noqa: E402
+from yolo_dero.mcu.offline_plan import validate_plan  # noqa: E402
+from yolo_dero.mcu.tflite import has_plan, strip_plan  # noqa: E402
 
 
 def _run(argv):
@@ -144,10 +145,11 @@ def test_keep_unplanned_and_no_inplace(toys):
 
 
 def test_failed_plan_check_leaves_no_out_and_keeps_the_export(toys, monkeypatch):
-    import yolo_dero.mcu.plan as plan
+    import yolo_dero.mcu.offline_plan as plan
+    from yolo_dero.mcu.tflite import PlanError
 
     def broken(*a, **k):
-        raise plan.PlanError("planned TFLM outputs differ (simulated)")
+        raise PlanError("planned TFLM outputs differ (simulated)")
 
     monkeypatch.setattr(plan, "verify_plan", broken)
     d, m = toys

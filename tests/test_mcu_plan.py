@@ -1,4 +1,4 @@
-"""Offline memory plan for TFLite Micro (yolo_dero/mcu/plan.py): planner, validator, metadata, CLI.
+"""Offline memory plan for TFLite Micro (yolo_dero/mcu/offline_plan.py, tflite.py): planner, validator, metadata, CLI.
 
 Needs requirements-mcu.txt (litert-torch, tflite-micro, ai-edge-litert). Without them every test here is
 skipped with a message, unless ``DERO_REQUIRE_MCU=1`` or ``CI`` is set, which turns the skip into a failure
@@ -27,9 +27,9 @@ from mcu_support import require_mcu_packages  # noqa: E402  (tests/mcu_support.p
 require_mcu_packages()
 
 from yolo_dero.mcu import export_tflite, measure_arena  # noqa: E402
-from yolo_dero.mcu.crosscheck import ClassicResidual, OneConvResidual  # noqa: E402
-from yolo_dero.mcu.plan import (PlanError, has_plan, plan_file, read_graph, read_offsets,  # noqa: E402
-                                strip_plan, validate_plan, write_plan)
+from yolo_dero.mcu.reports import ClassicResidual, OneConvResidual  # noqa: E402
+from yolo_dero.mcu.offline_plan import plan_file, validate_plan  # noqa: E402
+from yolo_dero.mcu.tflite import PlanError, has_plan, read_graph, read_offsets, strip_plan, write_plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")

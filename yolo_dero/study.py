@@ -288,8 +288,8 @@ def int8_accuracy(arch: str, arm: str, seed: int, run_dir: Path, num_calib: int 
 
     import torch
 
-    from .mcu.arena import predict_litert
     from .mcu.export import export_tflite
+    from .mcu.runtime import predict_litert
 
     ckpt = run_dir / "checkpoint.pth"
     if not ckpt.is_file():

@@ -21,7 +21,15 @@ import os
 import sys
 from pathlib import Path
 
+from ..memory import input_channels
+from ..memory.loading import load_model
 from ..paths import REPO_ROOT
+from .arena import measure_arena
+from .export import cli_calibration_source, export_tflite
+from .fit import fit_check, sram_problem
+from .offline_plan import plan_file
+from .reports import CROSSCHECK_NOTES, crosscheck, plan_report, reparam_report
+from .tflite import TFLITE_MAGIC, FloatTensorError, MissingDependencyError, PlanError, require
 
 
 #: exit status of ``export`` / ``arena --sram-kb`` when the model does not fit the part's SRAM
@@ -35,10 +43,6 @@ def unplanned_path(out) -> Path:
 
 
 def _export(a) -> int:
-    from ..memory import input_channels
-    from ..memory.loading import load_model
-    from .export import cli_calibration_source, export_tflite, require
-
     plan = not a.no_plan
     # the plan's check runs in TFLM and the fit check measures there: fail before exporting, not after
     require("litert_torch", "torchao", *(("ai_edge_litert", "tflite_micro") if plan or a.sram_kb else ()))
@@ -87,17 +91,12 @@ def _failed(out: Path, raw) -> None:
 
 
 def _fit(path, sram_kb: float, arena=None) -> int:
-    from .fit import fit_check
-
     f = fit_check(path, sram_kb, arena=arena)
     print(f.line())
     return 0 if f.fits else EXIT_NO_FIT
 
 
-# --- offline memory plan (yolo_dero/mcu/plan.py) ---
 def _plan_one(src: str, out: str, inplace: bool, json_out, n_inputs: int = 3) -> int:
-    from .plan import PlanError, plan_file
-
     try:
         r = plan_file(src, out, inplace=inplace, n_inputs=n_inputs)
     except PlanError as ex:
@@ -124,23 +123,18 @@ def _plan(a) -> int:
 
 
 def _plan_report(a) -> int:
-    from .plan import plan_report
-
     res = plan_report(keep=Path(a.keep) if a.keep else None, out_md=Path(a.md), out_json=Path(a.json),
                       only=a.only, num_calib=a.num_calib, n_inputs=a.num_inputs)
     print(f"wrote {a.md} and {a.json} ({len(res['rows'])} models)")
     return 0 if all("error" not in r for r in res["rows"]) else 1
-# --- end offline memory plan ---
 
 
 def _arena(a) -> int:
-    from .arena import measure_arena
-
     r = measure_arena(a.file, bisect=not a.no_bisect, check_outputs=not a.no_check, tolerance=a.tolerance)
     print(f"{r.path}: TFLM arena head (activations) {r.head_bytes:,} B, tail (persistent) {r.tail_bytes:,} B, "
           f"total {r.total_bytes:,} B, minimal arena {r.minimal_arena_bytes:,} B" if r.minimal_arena_bytes else
           f"{r.path}: head {r.head_bytes:,} B, tail {r.tail_bytes:,} B, total {r.total_bytes:,} B")
-    if r.online_head_bytes is not None:  # offline memory plan in the file (plan.py)
+    if r.online_head_bytes is not None:  # offline memory plan in the file
         print(f"offline memory plan: planned head {r.head_bytes:,} B vs online (plan removed) {r.online_head_bytes:,} B")
     if r.outputs_checked:
         print(f"TFLM vs LiteRT on one random {r.input_dtype} input {r.input_shape}: max |diff| "
@@ -154,18 +148,14 @@ def _arena(a) -> int:
 
 
 def _reparam_report(a) -> int:
-    from .reparam_report import reparam_report
-
     res = reparam_report(Path(a.md), Path(a.json), only=a.only, num_calib=a.num_calib, force=a.force)
     print(f"wrote {a.md} and {a.json} ({len(res['rows'])} rows)")
     return 0 if all("error" not in r for r in res["rows"]) else 1
 
 
 def _crosscheck(a) -> int:
-    from .crosscheck import EXPLANATIONS, crosscheck
-
     res = crosscheck(out_md=Path(a.md), out_json=Path(a.json), only=a.only, num_calib=a.num_calib,
-                     keep=Path(a.keep) if a.keep else None, explanations=EXPLANATIONS if not a.only else "")
+                     keep=Path(a.keep) if a.keep else None, explanations=CROSSCHECK_NOTES if not a.only else "")
     print(f"wrote {a.md} and {a.json} ({len(res['rows'])} models)")
     return 0
 
@@ -184,9 +174,6 @@ def count_problem(a: argparse.Namespace) -> str | None:
         if n is not None and n < 1:
             return f"{flag} {n}: needs at least 1 ({what}); pass e.g. {flag} {example}"
     return None
-
-
-TFLITE_MAGIC = b"TFL3"  # the flatbuffer file identifier, bytes 4..8 of every .tflite
 
 
 def tflite_problem(a: argparse.Namespace) -> str | None:
@@ -252,7 +239,6 @@ def main(argv=None) -> int:
     c.add_argument("--only", nargs="*", default=None, help="row labels or families (toy, MCUNet-v4, ResNet34, YOLOv5n)")
     c.add_argument("--num-calib", type=int, default=4)
     c.add_argument("--keep", default=None, help="folder to keep the .tflite files in")
-    # --- offline memory plan (plan.py) ---
     rr = sub.add_parser("reparam-report", help="original / plain / DERO (rep, folded) / DERO on TFLM -> "
                                                "results/mcu_reparam.*")
     rr.add_argument("--md", default=str(REPO_ROOT / "results" / "mcu_reparam.md"))
@@ -273,12 +259,9 @@ def main(argv=None) -> int:
     pr.add_argument("--only", nargs="*", default=None, help="row labels or families (MCUNet-v4, ResNet34, YOLOv5n)")
     pr.add_argument("--num-calib", type=int, default=4)
     pr.add_argument("--num-inputs", type=int, default=2)
-    # --- end offline memory plan ---
     a = p.parse_args(argv)
     problem = count_problem(a) or plan_options_problem(a)
     if problem is None:
-        from .fit import sram_problem
-
         problem = sram_problem(getattr(a, "sram_kb", None)) or tflite_problem(a)  # the options first, then the file
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -288,8 +271,6 @@ def main(argv=None) -> int:
         return {"export": _export, "arena": _arena, "crosscheck": _crosscheck, "plan": _plan,
                 "plan-report": _plan_report, "reparam-report": _reparam_report}[a.cmd](a)
     except Exception as ex:  # noqa: BLE001  (one clear line for CLI users)
-        from .export import FloatTensorError, MissingDependencyError
-
         if isinstance(ex, (FloatTensorError, MissingDependencyError, FileNotFoundError, ValueError)):
             print(f"error: {ex}", file=sys.stderr)
             return 2

@@ -6,8 +6,8 @@ Path (litert-torch 0.10; docs/deployment.md): the model is lowered for deploymen
 ``prepare_pt2e`` / ``convert_pt2e`` and litert-torch's int8 quantizer extended to every activation
 (:class:`FullInt8Quantizer`), calibrated on a few images, and converted with
 ``litert_torch.convert(..., quant_config=QuantConfig(pt2e_quantizer=...))``. The written flatbuffer is
-then checked (:func:`check_full_int8`): no float tensor and no QUANTIZE/DEQUANTIZE from or to float may
-be left anywhere in the graph, or :class:`FloatTensorError` is raised.
+then checked (:func:`~yolo_dero.mcu.tflite.check_full_int8`): no float tensor and no QUANTIZE/DEQUANTIZE from
+or to float may be left anywhere in the graph, or :class:`~yolo_dero.mcu.tflite.FloatTensorError` is raised.
 
 Deployment lowering (exact, the function of the network is unchanged; see docs/deployment.md):
 
@@ -15,7 +15,7 @@ Deployment lowering (exact, the function of the network is unchanged; see docs/d
   convolution with fixed weights (a depthwise one where channels match): sum-pooling with
   ``divisor_override`` has no int8 TFLite kernel (it lowers to a float ``STABLEHLO_REDUCE_WINDOW``);
 * a DERO unit's pre-normalisation ``bn_in`` is folded into its convolution where that is exact
-  (padding 0: all 1x1 units); in front of a padded conv it stays a per-channel MUL/ADD;
+  (padding 0: all 1x1 units); in front of a padded conv it becomes a 1x1 depthwise conv;
 * conv + BatchNorm pairs are folded by ``prepare_pt2e`` itself.
 
 Detection models export backbone + neck + head **without the box decode and without NMS**: the outputs are
@@ -28,43 +28,25 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..datasets.resolve import resolve_data
+from ..memory import input_channels
+from ..memory.loading import load_model
 from ..nn.dero import DeroUnit, Shortcut
 from ..nn.reparam import fold_input_norm, reparameterize
+from ..paths import REPO_ROOT
 from .rewrite import simplify_file
+from .tflite import check_full_int8, inspect_tflite, require
 
 ImgSize = Union[int, Sequence[int]]
-
-
-class MissingDependencyError(ImportError):
-    """litert-torch / tflite-micro / ai-edge-litert are not installed (requirements-mcu.txt)."""
-
-
-class FloatTensorError(RuntimeError):
-    """The converted graph still holds float tensors or QUANTIZE/DEQUANTIZE between float and int8."""
-
-
-def require(*modules: str) -> None:
-    """Import-check the deployment packages; raise :class:`MissingDependencyError` with the install hint."""
-    missing = []
-    for m in modules:
-        try:
-            __import__(m)
-        except ImportError:
-            missing.append(m)
-    if missing:
-        raise MissingDependencyError(
-            f"missing deployment package(s) {', '.join(missing)}: pip install -r requirements-mcu.txt")
 
 
 def _imgsz(imgsz: ImgSize) -> Tuple[int, int]:
@@ -326,8 +308,6 @@ def cli_calibration_source(calib: Optional[str], channels: int = 3) -> str:
         return calib
     if channels != 3:
         return "synthetic"
-    from ..paths import REPO_ROOT
-
     return str(REPO_ROOT / DEFAULT_CLI_CALIB)
 
 
@@ -338,8 +318,6 @@ def _image_files(calib: str) -> List[Path]:
 
         d = yaml.safe_load(p.read_text())
         try:  # the project's resolver: built-in datasets (data/shapes.yaml is generated on first use), roots
-            from ..datasets.resolve import resolve_data
-
             res = resolve_data(p, splits=("val",))
             d, p = dict(res.data), Path(res.yaml_path)
         except Exception:  # noqa: BLE001  (plain Ultralytics-style YAML: read it as is below)
@@ -397,97 +375,6 @@ def calibration_images(calib: Union[None, str, Sequence[torch.Tensor]], imgsz: I
     if not out:
         raise FileNotFoundError(f"no readable images in '{calib}'")
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# flatbuffer inspection
-
-
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema
-
-
-def read_model(path_or_bytes: Union[str, Path, bytes]):
-    """The flatbuffer as the schema's object API (``ModelT``)."""
-    schema = _schema()
-    buf = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
-    return schema.ModelT.InitFromPackedBuf(bytes(buf), 0)
-
-
-def _names(enum_cls) -> Dict[int, str]:
-    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
-
-
-@dataclass
-class GraphInfo:
-    """Operators and tensors of subgraph 0 of a TFLite model."""
-
-    ops: List[Dict[str, Any]]
-    tensors: List[Dict[str, Any]]
-    inputs: List[int]
-    outputs: List[int]
-
-    def op_counts(self) -> Dict[str, int]:
-        out: Dict[str, int] = {}
-        for op in self.ops:
-            out[op["op"]] = out.get(op["op"], 0) + 1
-        return out
-
-
-def inspect_tflite(path_or_bytes) -> GraphInfo:
-    schema = _schema()
-    model = read_model(path_or_bytes)
-    op_names, t_names = _names(schema.BuiltinOperator), _names(schema.TensorType)
-    sg = model.subgraphs[0]
-    tensors = []
-    for t in sg.tensors:
-        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-        const = t.buffer > 0 and model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data) > 0
-        tensors.append({"name": name, "type": t_names.get(t.type, str(t.type)),
-                        "shape": [int(s) for s in (t.shape if t.shape is not None else [])], "constant": bool(const)})
-    ops = []
-    for op in sg.operators:
-        oc = model.operatorCodes[op.opcodeIndex]
-        code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
-        name = op_names.get(code, str(code))
-        if name == "CUSTOM":
-            name = f"CUSTOM:{oc.customCode.decode() if isinstance(oc.customCode, bytes) else oc.customCode}"
-        ops.append({"op": name, "inputs": [int(i) for i in op.inputs if i >= 0] if op.inputs is not None else [],
-                    "outputs": [int(i) for i in op.outputs] if op.outputs is not None else []})
-    return GraphInfo(ops, tensors, [int(i) for i in sg.inputs], [int(i) for i in sg.outputs])
-
-
-FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
-
-
-def float_problems(info: GraphInfo) -> List[str]:
-    """Everything that is not full-integer: float tensors, (DE)QUANTIZE from/to float, float I/O."""
-    problems = []
-    for i, t in enumerate(info.tensors):
-        if t["type"] in FLOAT_TYPES:
-            problems.append(f"tensor {i} '{t['name']}' is {t['type']} {t['shape']}")
-    for k, op in enumerate(info.ops):
-        if op["op"] in ("DEQUANTIZE", "QUANTIZE"):
-            types = [info.tensors[i]["type"] for i in op["inputs"] + op["outputs"]]
-            if op["op"] == "DEQUANTIZE" or any(t in FLOAT_TYPES for t in types):
-                problems.append(f"operator {k} {op['op']} {' -> '.join(types)}")
-    for kind, idx in (("input", info.inputs), ("output", info.outputs)):
-        for i in idx:
-            if info.tensors[i]["type"] != "INT8":
-                problems.append(f"graph {kind} {i} is {info.tensors[i]['type']}, not INT8")
-    return problems
-
-
-def check_full_int8(path_or_bytes) -> GraphInfo:
-    """Raise :class:`FloatTensorError` unless the model is int8 end to end; returns its :class:`GraphInfo`."""
-    info = inspect_tflite(path_or_bytes)
-    problems = float_problems(info)
-    if problems:
-        shown = "\n  ".join(problems[:20]) + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise FloatTensorError(f"the converted model is not full-integer ({len(problems)} problem(s)):\n  {shown}")
-    return info
 
 
 # ------------------------------------------------------------------------------------------------
@@ -550,8 +437,6 @@ def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from ..memory import input_channels
-
     t0 = time.time()
     h, w = _imgsz(imgsz)
     c = in_channels or input_channels(model)
@@ -593,7 +478,5 @@ def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
 
 def export_model(spec: str, imgsz: ImgSize, out: Union[str, Path], **kw) -> ExportResult:
     """Load ``spec`` (registry name, model YAML or .pt; see :mod:`yolo_dero.memory.loading`) and export it."""
-    from ..memory.loading import load_model
-
     model, _ = load_model(spec)
     return export_tflite(model, imgsz, out, **kw)

@@ -3,7 +3,7 @@
 :func:`fit_check` measures the file in TFLM (:func:`~yolo_dero.mcu.arena.measure_arena`: head = activations,
 tail = persistent allocations, and the smallest ``arena_size`` that allocates, by bisection) and compares that
 minimal arena with ``sram_kb * 1024`` bytes. :func:`activation_peak` names the operator where the activation
-bytes peak, from the file's own graph with TFLM's lifetime rules (:func:`~yolo_dero.mcu.plan.read_graph`);
+bytes peak, from the file's own graph with TFLM's lifetime rules (:func:`~yolo_dero.mcu.tflite.read_graph`);
 where the file carries an offline memory plan (``OfflineMemoryAllocation``), tensors that share arena bytes
 (elementwise operators written in place) count once.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .arena import ArenaResult, measure_arena
-from .export import require
+from .tflite import has_plan, read_graph, read_offsets, require, short_name, strip_plan
 
 
 def sram_problem(sram_kb: Optional[float]) -> Optional[str]:
@@ -41,8 +41,6 @@ def live_bytes_per_operator(src: Union[str, Path, bytes]) -> Tuple[List[int], An
     With an offline plan, tensors placed by the plan count as the union of their byte ranges (tensors
     sharing bytes count once); tensors the plan leaves to TFLM (offset ``-1``) count in full.
     """
-    from .plan import read_graph, read_offsets, strip_plan
-
     vals = read_offsets(src)
     g = read_graph(strip_plan(src) if vals is not None else src)
     offs = vals[3:] if vals is not None else [-1] * len(g.tensors)
@@ -64,8 +62,6 @@ def live_bytes_per_operator(src: Union[str, Path, bytes]) -> Tuple[List[int], An
 def activation_peak(src: Union[str, Path, bytes]) -> Tuple[str, int]:
     """``("#k OP -> tensor", bytes)``: the first operator where the live activation bytes peak (see
     :func:`live_bytes_per_operator`) and those bytes."""
-    from .plan import short_name
-
     prof, g = live_bytes_per_operator(src)
     if not g.ops:
         return "-", 0
@@ -115,8 +111,6 @@ def fit_check(path: Union[str, Path], sram_kb: float, arena: Optional[ArenaResul
     if problem:
         raise ValueError(problem)
     require("tflite_micro", "ai_edge_litert")
-    from .plan import has_plan
-
     a = arena or measure_arena(path, bisect=True, check_outputs=False)
     need = max(a.minimal_arena_bytes or 0, a.head_bytes + a.tail_bytes)
     sram = int(round(sram_kb * 1024))

@@ -29,17 +29,13 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .tflite import METADATA_NAME, repack, schema_module
+
 __all__ = ["fold_pads", "cancel_transposes", "simplify", "simplify_file", "RewriteError"]
 
 
 class RewriteError(ValueError):
     """A file the rewrite cannot change safely."""
-
-
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema
 
 
 def _same(n: int, k: int, s: int, d: int) -> Tuple[int, int]:
@@ -65,7 +61,7 @@ def _quant(t) -> Tuple:
 
 def _foldable(model, sg, pad_op, consumer, codes: Dict[int, str]) -> bool:
     """Whether ``pad_op`` followed by ``consumer`` is exactly ``consumer`` with ``SAME`` padding."""
-    schema = _schema()
+    schema = schema_module()
     kind, target = codes[pad_op.opcodeIndex], codes[consumer.opcodeIndex]
     opts = consumer.builtinOptions
     if opts is None or opts.padding != schema.Padding.VALID:
@@ -119,7 +115,7 @@ def _remove_tensors(model, sg, unused: List[int]) -> None:
 
 
 def _codes(model) -> Dict[int, str]:
-    schema = _schema()
+    schema = schema_module()
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     return {i: names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "?") for i, oc in enumerate(model.operatorCodes)}
 
@@ -143,7 +139,7 @@ def _drop(model, sg, drop_ops) -> None:
 
 def fold_pads(model) -> int:
     """Fold every foldable ``PAD``/``PADV2`` of ``model`` (a ``ModelT``) into its consumer, in place; how many."""
-    schema = _schema()
+    schema = schema_module()
     codes = _codes(model)
     folded = 0
     for sg in model.subgraphs:
@@ -211,16 +207,14 @@ def simplify(src: bytes) -> Tuple[bytes, Dict[str, int]]:
     """``src`` (a TFLite flatbuffer) with pads folded and transpose round trips removed, and the counts
     (``pads_folded``, ``transposes_removed``). Raises :class:`RewriteError` on a file with an offline memory plan
     (its offsets are per tensor: simplify first, then plan)."""
-    from .plan import METADATA_NAME, _repack
-
-    schema = _schema()
+    schema = schema_module()
     model = schema.ModelT.InitFromPackedBuf(src, 0)
     if any((m.name.decode() if isinstance(m.name, bytes) else m.name) == METADATA_NAME
            for m in model.metadata or []):
         raise RewriteError("the file has an offline memory plan; simplify it before planning "
                            "(python -m yolo_dero.mcu plan runs after export)")
     counts = {"transposes_removed": cancel_transposes(model), "pads_folded": fold_pads(model)}
-    return (_repack(model) if any(counts.values()) else src), counts
+    return (repack(model) if any(counts.values()) else src), counts
 
 
 def simplify_file(path: Union[str, Path]) -> Dict[str, int]:
