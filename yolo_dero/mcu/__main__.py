@@ -205,6 +205,22 @@ def tflite_problem(a: argparse.Namespace) -> str | None:
     return None
 
 
+#: the outputs each subcommand writes: (argument, flag, is a folder)
+OUTPUTS = {"export": (("out", "--out", False),), "arena": (("json", "--json", False),),
+           "plan": (("out", "--out", False), ("json", "--json", False)),
+           "crosscheck": (("md", "--md", False), ("json", "--json", False), ("keep", "--keep", True)),
+           "plan-report": (("md", "--md", False), ("json", "--json", False), ("keep", "--keep", True)),
+           "reparam-report": (("md", "--md", False), ("json", "--json", False))}
+
+
+def output_problem(a: argparse.Namespace) -> str | None:
+    """An output path of the subcommand that cannot be written (probed now, before the export or measurement it
+    would otherwise fail after), or None."""
+    from ..fileutil import outputs_problem
+
+    return outputs_problem(*((getattr(a, dest, None), flag, folder) for dest, flag, folder in OUTPUTS.get(a.cmd, ())))
+
+
 def plan_options_problem(a: argparse.Namespace) -> str | None:
     """``export --no-plan`` together with an option that only means something with the plan, or None."""
     if not getattr(a, "no_plan", False):
@@ -279,7 +295,8 @@ def main(argv=None) -> int:
     if problem is None:
         from .fit import sram_problem
 
-        problem = sram_problem(getattr(a, "sram_kb", None)) or tflite_problem(a)  # the options first, then the file
+        problem = (sram_problem(getattr(a, "sram_kb", None)) or tflite_problem(a)  # the options first, then the file
+                   or output_problem(a))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
