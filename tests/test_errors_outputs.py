@@ -140,3 +140,24 @@ def test_visualize_out_checked_before_work(tmp_path, blocked, capsys, monkeypatc
         vis.main(["--weights", str(tmp_path / "a.pt"), "--source", str(tmp_path), "--out", str(blocked / "pics")])
     _one_line_error(capsys, ei.value.code, f"--out {blocked / 'pics'}", "cannot create or write",
                     "pass a writable folder with --out")
+
+
+# ------------------------------------------------------------------------- compare, compare_cls, report and study
+
+
+@pytest.mark.parametrize("module, func, argv, flag", [
+    ("compare", "run", ["--out", "{B}/res"], "--out"),
+    ("compare", "run", ["--out", "{D}", "--project", "{D}", "--docs-picture", "{B}/side.png"], "--docs-picture"),
+    ("compare_cls", "run", ["--arch", "mcunet_v4", "--out", "{D}", "--project", "{B}/runs"], "--project"),
+    ("report", "measure", ["--json", "{D}/r.json", "--markdown", "{B}/r.md"], "--markdown"),
+    ("study", "write_table", ["table", "--out", "{B}/study"], "--out"),
+    ("study", "run_cls", ["cls", "--out", "{D}", "--runs", "{B}/runs", "--seeds", "0"], "--runs"),
+])
+def test_comparison_and_report_outputs_checked_before_work(module, func, argv, flag, tmp_path, blocked, capsys,
+                                                           monkeypatch):
+    import importlib
+
+    mod = importlib.import_module(f"yolo_dero.{module}")
+    monkeypatch.setattr(mod, func, _no_work)
+    code = mod.main([a.format(B=blocked, D=tmp_path / "out") for a in argv])
+    _one_line_error(capsys, code, f"error: {flag} {blocked}", "cannot create or write", f"with {flag}")
