@@ -290,4 +290,9 @@ def test_label_prescan_names_images_truncated_after_a_valid_header(tmp_path):
     for name in got:
         assert "truncated or corrupt image data, cannot be decoded" in got[name][0] and got[name][1] == "image skipped"
     # the untouched image still passes, with no decode of intact files needed
-    assert report_label_issues(resolve_data(str(y)), splits=("train",)) == 2
+    rd = resolve_data(str(y))
+    assert report_label_issues(rd, splits=("train",)) == 2
+    imgs[2].write_bytes(imgs[2].read_bytes()[:200])
+    with pytest.raises(DatasetError, match="every one of the 3 images is an unreadable image file .* replace the "
+                                           "image files listed above$"):
+        report_label_issues(rd, splits=("train",))

@@ -170,6 +170,8 @@ def unwritable_reason(folder: os.PathLike | str) -> str | None:
     """Create ``folder`` and write and remove a probe file in it; the reason it failed, or None. Lets a tool refuse
     an unwritable output folder before its work, not at the first save."""
     d = Path(folder)
+    if d.exists() and not d.is_dir():
+        return "a file, not a folder, is at that path"
     probe = d / f".write_test.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         d.mkdir(parents=True, exist_ok=True)
