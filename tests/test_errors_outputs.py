@@ -78,12 +78,14 @@ def test_val_det_device_and_outputs_checked_before_work(tmp_path, blocked, capsy
                     "--imgsz 0", "at least 1")
 
 
-def test_train_det_json_out_checked_before_work(tmp_path, blocked, capsys, monkeypatch):
+def test_train_det_outputs_checked_before_the_data(tmp_path, blocked, capsys, monkeypatch):
     from yolo_dero.ultra import cli
 
-    monkeypatch.setattr(cli, "resolve_data", _no_work)
+    monkeypatch.setattr(cli, "resolve_data", _no_work)  # not even the built-in data is generated first
     code = cli.train_main(["--epochs", "1", "--project", str(tmp_path), "--json-out", str(blocked / "r.json")])
     _one_line_error(capsys, code, "--json-out", "cannot create or write")
+    code = cli.train_main(["--epochs", "1", "--project", str(blocked / "runs")])
+    _one_line_error(capsys, code, f"--project {blocked / 'runs'}", "cannot create or write")
 
 
 # --------------------------------------------------------------------------------------- python -m yolo_dero.memory

@@ -251,10 +251,10 @@ def train_main(argv: list[str] | None = None) -> int:
             model, metrics = _resume(args, {k: v for k, v in given.items() if k in typed or k in extra},
                                      data_typed="data" in typed or "data_path" in typed)
         else:
-            rd = resolve_data(args.data, args.data_path, splits=("train", "val"))
             problem = outputs_problem((args.project, "--project", True))
-            if problem:  # now, not at the first save after an epoch
+            if problem:  # now, before the data is generated, not at the first save after an epoch
                 return _fail(problem)
+            rd = resolve_data(args.data, args.data_path, splits=("train", "val"))
             if not args.no_label_scan:
                 report_label_issues(rd)
             batch = given.get("batch", QUICK["batch"])
