@@ -46,6 +46,8 @@ def test_output_problem_helper(tmp_path, blocked):
     assert output_problem(tmp_path / "new" / "sub" / "m.json", "--json") is None
     assert (tmp_path / "new" / "sub").is_dir() and not any((tmp_path / "new" / "sub").iterdir())  # probe removed
     assert output_problem(tmp_path / "runs", "--project", folder=True) is None
+    assert output_problem(tmp_path / "gone" / "runs", "--project", folder=True, keep=False) is None
+    assert not (tmp_path / "gone").exists()  # keep=False: the folders the probe made are removed again
     line = output_problem(blocked / "m.json", "--json")
     assert line.startswith(f"--json {blocked / 'm.json'}: cannot create or write its folder {blocked} (")
     assert line.endswith("pass a writable path with --json")

@@ -251,8 +251,10 @@ def train_main(argv: list[str] | None = None) -> int:
             model, metrics = _resume(args, {k: v for k, v in given.items() if k in typed or k in extra},
                                      data_typed="data" in typed or "data_path" in typed)
         else:
-            problem = outputs_problem((args.project, "--project", True))
-            if problem:  # now, before the data is generated, not at the first save after an epoch
+            # now, before the data is generated, not at the first save after an epoch; Ultralytics creates the
+            # folder itself, so an error found later (in the data, say) leaves none behind
+            problem = outputs_problem((args.project, "--project", True, False))
+            if problem:
                 return _fail(problem)
             rd = resolve_data(args.data, args.data_path, splits=("train", "val"))
             if not args.no_label_scan:
@@ -341,7 +343,7 @@ def val_main(argv: list[str] | None = None) -> int:
     args = val_parser().parse_args(argv)
     # before the model is built and validation runs: a device this machine lacks, an output that cannot be written
     problem = (_count_problem({"imgsz": args.imgsz}) or _device_problem(args.device)
-               or outputs_problem((args.project, "--project", True), (args.json_out, "--json-out")))
+               or outputs_problem((args.project, "--project", True, False), (args.json_out, "--json-out")))
     if problem:
         return _fail(problem)
     try:
