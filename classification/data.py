@@ -327,6 +327,8 @@ def describe_image_error(path: str, err: BaseException) -> str:
 
     if isinstance(err, UnidentifiedImageError):
         return "not a readable image (corrupt, or not an image format PIL knows)"
+    if "truncated" in str(err).lower():  # a valid header, then the data ends (PIL opens it, decoding fails)
+        return f"truncated or corrupt image data, cannot be decoded ({type(err).__name__}: {err})"
     return f"cannot decode ({type(err).__name__}: {err})"
 
 

@@ -1,8 +1,10 @@
 """classification/train.py with an unwritable --output-dir (fails before training, one line, exit 2) and with
-unreadable images in the dataset (each reported as 'path: problem', skipped and counted; training completes)."""
+unreadable images in the dataset: empty, corrupt, or truncated after a valid header (each reported as
+'path: problem', skipped and counted; training completes)."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from classification import data as cdata
 from classification.data import make_shapes_dataset
@@ -29,11 +32,17 @@ def _train(tmp: Path, *args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def bad_data(tmp_path_factory) -> Path:
-    """3 classes x 8 train / 4 val 32x32 PNGs, plus a 0-byte PNG and a corrupt PNG in train/ and a 0-byte one in val/."""
+    """3 classes x 8 train / 4 val 32x32 PNGs, plus a 0-byte PNG, a corrupt PNG and a JPEG truncated after its header
+    in train/, and a 0-byte and a truncated PNG in val/."""
     root = make_shapes_dataset(tmp_path_factory.mktemp("bad") / "tiny", train_per_class=8, val_per_class=4,
                                size=32, num_classes=3)
     (root / "train" / "00_circle" / "empty.png").write_bytes(b"")
     (root / "train" / "01_square" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    jpg = io.BytesIO()
+    Image.open(root / "train" / "02_triangle" / "00000.png").convert("RGB").save(jpg, "JPEG", quality=95)
+    (root / "train" / "02_triangle" / "truncated.jpg").write_bytes(jpg.getvalue()[:len(jpg.getvalue()) // 2])
+    png = (root / "val" / "00_circle" / "00000.png").read_bytes()
+    (root / "val" / "00_circle" / "truncated.png").write_bytes(png[:len(png) // 2])
     (root / "val" / "02_triangle" / "empty.png").write_bytes(b"")
     return root
 
@@ -55,10 +64,14 @@ def test_unreadable_images_are_reported_skipped_and_counted(tmp_path, bad_data):
     err = p.stderr
     assert "Traceback" not in err
     assert f"{bad_data / 'train' / '00_circle' / 'empty.png'}: empty file (0 bytes) (skipped)" in err
-    assert f"{bad_data / 'train' / '01_square' / 'corrupt.png'}: cannot decode (" in err
+    bad = "truncated or corrupt image data, cannot be decoded ("
+    assert f"{bad_data / 'train' / '01_square' / 'corrupt.png'}: {bad}" in err
     assert f"{bad_data / 'val' / '02_triangle' / 'empty.png'}: empty file (0 bytes) (skipped)" in err
-    assert "Epoch: [0]: skipped 2 unreadable image(s)" in err
-    assert "Test: skipped 1 unreadable image(s)" in err
+    # truncated after a valid header (PIL opens it, decoding fails): named as such, skipped, not a traceback
+    assert f"{bad_data / 'train' / '02_triangle' / 'truncated.jpg'}: {bad}OSError: " in err
+    assert f"{bad_data / 'val' / '00_circle' / 'truncated.png'}: {bad}" in err
+    assert "Epoch: [0]: skipped 3 unreadable image(s)" in err
+    assert "Test: skipped 2 unreadable image(s)" in err
     assert "Test: loss" in p.stdout and "over 12 images" in p.stdout  # the bad val image is not counted
     assert (tmp_path / "out" / "checkpoint.pth").is_file()
 

@@ -264,3 +264,35 @@ def test_label_prescan_names_empty_and_unreadable_images(tmp_path):
     assert "empty image file" in got[imgs[0].name][0] and "not a readable image" in got[imgs[1].name][0]
     assert issues[0].label_file.endswith(".txt") and ":0:" not in str(issues[0])
 
+
+
+def test_label_prescan_names_images_truncated_after_a_valid_header(tmp_path):
+    """A JPEG or PNG cut short after its header: PIL opens it, decoding fails. Ultralytics skips such an image (its
+    own check re-saves a JPEG without an end marker, which fails); the pre-scan names the file and the cause."""
+    from PIL import Image
+
+    from yolo_dero.ultra.evaluate import report_label_issues
+
+    y = generate_shapes(tmp_path / "s", n_train=3, n_val=1, imgsz=64, seed=0)
+    imgs = sorted((y.parent / "images/train").iterdir())
+    data = imgs[0].read_bytes()
+    imgs[0].write_bytes(data[:len(data) // 2])
+    with Image.open(imgs[0]) as im:
+        assert im.size == (64, 64)  # the header is intact
+    png = imgs[1].with_suffix(".png")
+    Image.open(imgs[1]).save(png)
+    imgs[1].unlink()
+    (y.parent / "labels/train" / imgs[1].with_suffix(".txt").name).rename(y.parent / "labels/train" / f"{png.stem}.txt")
+    png.write_bytes(png.read_bytes()[:len(png.read_bytes()) // 2])
+    issues, _ = scan_labels(y.parent, "images/train", 6)
+    got = {Path(i.file).name: (str(i), i.action) for i in issues}
+    assert set(got) == {imgs[0].name, png.name}, got
+    for name in got:
+        assert "truncated or corrupt image data, cannot be decoded" in got[name][0] and got[name][1] == "image skipped"
+    # the untouched image still passes, with no decode of intact files needed
+    rd = resolve_data(str(y))
+    assert report_label_issues(rd, splits=("train",)) == 2
+    imgs[2].write_bytes(imgs[2].read_bytes()[:200])
+    with pytest.raises(DatasetError, match="every one of the 3 images is an unreadable image file .* replace the "
+                                           "image files listed above$"):
+        report_label_issues(rd, splits=("train",))

@@ -11,7 +11,7 @@ from torch import nn
 require_mcu_packages()
 
 from yolo_dero.mcu import export_tflite, measure_arena  # noqa: E402
-from yolo_dero.mcu.crosscheck import randomize_batchnorm  # noqa: E402
+from yolo_dero.mcu.reports import randomize_batchnorm  # noqa: E402
 from yolo_dero.mcu.export import inspect_tflite  # noqa: E402
 from yolo_dero.mcu.rewrite import RewriteError, simplify  # noqa: E402
 from yolo_dero.nn import DeroUnit  # noqa: E402
@@ -85,7 +85,7 @@ def test_rewrite_removes_pads_and_round_trips_exactly(toy_files, tmp_path):
 
 
 def test_rewrite_refuses_a_planned_file(toy_files, tmp_path):
-    from yolo_dero.mcu.plan import METADATA_NAME, write_plan
+    from yolo_dero.mcu.tflite import METADATA_NAME, write_plan
 
     _, raw, _ = toy_files
     data, _ = simplify(open(raw.path, "rb").read())

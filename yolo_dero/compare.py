@@ -33,6 +33,7 @@ from .ultra.cli import QUICK
 from .ultra.evaluate import evaluate_detector
 from .ultra.model import gflops
 from .benchmark import SPEED_MEMORY_RATIO_KEYS, VARIANTS, environment, fmt, small_png, throughput, kib, markdown_table, memory_figures, ratio_rows, ratios, write_results
+from .fileutil import outputs_problem
 from .paths import REPO_ROOT
 
 YAMLS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml"}
@@ -214,6 +215,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     args = parser().parse_args(argv)
     args.argv = argv
+    problem = outputs_problem((args.out, "--out", True), (args.project, "--project", True),
+                              (args.pictures_dir, "--pictures-dir", True), (args.docs_picture, "--docs-picture"))
+    if problem:  # before the trainings, not after them
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     result = run(args)
     js, md = write_results(Path(args.out), "det_compare", result, to_markdown(result))
     print("\n" + md.read_text())

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from .benchmark import SPEED_MEMORY_RATIO_KEYS, VARIANTS, environment, fmt, throughput, kib, markdown_table, memory_figures, ratio_rows, ratios, write_results
+from .fileutil import outputs_problem
 from .paths import REPO_ROOT
 
 ARCHS = {"resnet34": ("resnet34", 224), "resnet50": ("resnet50", 224), "mcunet_v4": ("mcunet_v4", 176),
@@ -189,6 +190,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     args = parser().parse_args(argv)
     args.argv = argv
+    problem = outputs_problem((args.out, "--out", True), (args.project, "--project", True))
+    if problem:  # before the trainings, not after them
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     result = run(args)
     combined = merge_previous(Path(args.out) / f"{args.stem}.json", result)
     md_text = "\n\n".join(to_markdown(r) for r in combined["archs"].values())

@@ -23,7 +23,8 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-__all__ = ["atomic_file", "atomic_write_bytes", "remove_stale_temps", "generated_dataset", "temp_sibling"]
+__all__ = ["atomic_file", "atomic_write_bytes", "generated_dataset", "output_problem", "outputs_problem",
+           "remove_stale_temps", "temp_sibling", "unwritable_reason"]
 
 # ".<name>.tmp-<pid>" with an optional "-<hex>" suffix (classification's older saves had none)
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?:-[0-9a-f]+)?$")
@@ -165,10 +166,19 @@ def yaml_problem(e: Exception) -> str:
     return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
 
 
-def unwritable_reason(folder: os.PathLike | str) -> str | None:
+def unwritable_reason(folder: os.PathLike | str, keep: bool = True) -> str | None:
     """Create ``folder`` and write and remove a probe file in it; the reason it failed, or None. Lets a tool refuse
-    an unwritable output folder before its work, not at the first save."""
+    an unwritable output folder before its work, not at the first save. ``keep=False`` removes again the folders the
+    probe created (for a tool that creates its output folder itself, so that an error found later leaves nothing)."""
     d = Path(folder)
+    if d.exists() and not d.is_dir():
+        return "a file, not a folder, is at that path"
+    created = []
+    if not keep:
+        a = d.absolute()
+        while not a.exists() and a != a.parent:
+            created.append(a)
+            a = a.parent
     probe = d / f".write_test.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -177,4 +187,44 @@ def unwritable_reason(folder: os.PathLike | str) -> str | None:
         probe.unlink()
     except OSError as e:
         return e.strerror or type(e).__name__
+    finally:
+        for c in created:  # deepest first
+            with contextlib.suppress(OSError):
+                c.rmdir()
+    return None
+
+
+def output_problem(path: os.PathLike | str | None, flag: str, folder: bool = False, keep: bool = True) -> str | None:
+    """The one-line error for an output ``path`` given as ``flag`` that cannot be written, or None (also for None).
+
+    ``folder``: ``path`` is an output folder (created if missing); else a file, whose folder is probed and which
+    must not be a folder itself. Probes with :func:`unwritable_reason` (``keep``: see there), so a tool can refuse the
+    path before its expensive work instead of failing at the end with a traceback."""
+    if path is None or str(path) == "":
+        return None
+    p = Path(path)
+    if folder:
+        reason = unwritable_reason(p, keep)
+        if reason:
+            return (f"{flag} {path}: cannot create or write this folder ({reason}); pass a writable folder with "
+                    f"{flag}")
+        return None
+    if p.is_dir():
+        return f"{flag} {path}: is a folder, not a file; pass a file path with {flag}"
+    parent = p.parent
+    reason = unwritable_reason(parent, keep)
+    if reason:
+        return (f"{flag} {path}: cannot create or write its folder {parent} ({reason}); pass a writable path with "
+                f"{flag}")
+    if p.exists() and not os.access(p, os.W_OK):
+        return f"{flag} {path}: the file exists and is read-only; pass a writable path with {flag}"
+    return None
+
+
+def outputs_problem(*outputs: tuple) -> str | None:
+    """:func:`output_problem` over ``(path, flag[, folder[, keep]])`` tuples: the first problem, or None."""
+    for spec in outputs:
+        problem = output_problem(*spec)
+        if problem:
+            return problem
     return None

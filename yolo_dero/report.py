@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .fileutil import outputs_problem
 from .memory import analyze_engines
 from .memory.loading import load_model, registry_names
 from .paths import REPO_ROOT
@@ -240,6 +241,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--note", help="a sentence added to the report's header (e.g. where latency was measured)")
     ap.add_argument("--from-json", metavar="FILE", help="re-render the markdown of a saved JSON report; no measuring")
     args = ap.parse_args(argv)
+    problem = outputs_problem((args.json, "--json"), (args.markdown, "--markdown"),
+                              (None if args.no_plot or args.from_json else args.plot, "--plot"))
+    if problem:  # before measuring, not after
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
         if args.note:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .fileutil import outputs_problem
 from .paths import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "results" / "study"
@@ -601,6 +602,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out)
+    # before any training or measuring; cls/det also write their checkpoints under --runs
+    problem = outputs_problem((out, "--out", True), *([(args.runs, "--runs", True)] if args.kind in ("cls", "det")
+                                                     else []))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.kind == "table":
         print(write_table(out).read_text())
         return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -27,6 +28,8 @@ import yolo_dero.ultra  # noqa: F401  (offline Ultralytics set-up; must precede 
 import cv2
 from ultralytics.data.utils import IMG_FORMATS, img2label_paths
 from ultralytics.utils.plotting import colors
+
+from yolo_dero.fileutil import output_problem
 
 PANEL_HEIGHT = 320
 HEADER_HEIGHT = 28
@@ -231,6 +234,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--imgsz", type=int, default=None, help="inference size (default: each checkpoint's training size)")
     parser.add_argument("--out", type=Path, default=Path("runs/side_by_side"))
     args = parser.parse_args(argv)
+    problem = output_problem(args.out, "--out", folder=True)  # before any model is loaded
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         visualize(args.weights, args.source, args.out, args.labels, args.max_images, args.conf, args.imgsz,
                   args.maps, args.data_path)

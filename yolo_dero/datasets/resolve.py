@@ -248,22 +248,34 @@ class LabelIssue:
 
 
 def _image_problem(img: str) -> str | None:
-    """Why Ultralytics will not be able to read ``img`` (an empty file, an unreadable header), or None. Reads only
-    the header, so a file truncated after it is not caught here."""
+    """Why Ultralytics will not be able to read ``img``, or None. Mirrors its ``check_image``: the header, PIL's
+    ``verify()`` (a PNG's chunks and checksums) and, for a JPEG without its end marker, a full decode (Ultralytics
+    re-saves such a JPEG and skips the image when it cannot be decoded). So a file truncated after a valid header is
+    caught too, while an intact image costs no decode."""
     try:
         if os.path.getsize(img) == 0:
             return "empty image file (0 bytes)"
         from PIL import Image
 
         with Image.open(img) as im:
-            im.size  # noqa: B018  (the header is parsed on open)
+            fmt = im.format
+            im.verify()
+        if fmt == "JPEG":
+            with open(img, "rb") as f:
+                f.seek(-2, 2)
+                ended = f.read() == b"\xff\xd9"
+            if not ended:
+                with Image.open(img) as im:
+                    im.load()
     except Exception as e:  # noqa: BLE001 - any failure to open is the problem to report
+        if "truncated" in str(e).lower():
+            return f"truncated or corrupt image data, cannot be decoded ({type(e).__name__}: {e})"
         return f"not a readable image ({type(e).__name__}: {e})"
     return None
 
 
 def scan_labels(root: Path, spec: Any, nc: int) -> tuple[list[LabelIssue], int]:
-    """Check every image header of a split (empty or unreadable files) and every label line: 5 numeric fields (or a
+    """Check every image of a split (empty, unreadable or truncated files) and every label line: 5 numeric fields (or a
     polygon), class in [0, nc), coordinates in [0, 1].
 
     Returns (issues, number of label files read). Actions mirror Ultralytics' ``verify_image_label``: a class out of

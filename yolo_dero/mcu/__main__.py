@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..fileutil import outputs_problem
 from ..memory import input_channels
 from ..memory.loading import load_model
 from ..paths import REPO_ROOT
@@ -192,6 +193,20 @@ def tflite_problem(a: argparse.Namespace) -> str | None:
     return None
 
 
+#: the outputs each subcommand writes: (argument, flag, is a folder)
+OUTPUTS = {"export": (("out", "--out", False),), "arena": (("json", "--json", False),),
+           "plan": (("out", "--out", False), ("json", "--json", False)),
+           "crosscheck": (("md", "--md", False), ("json", "--json", False), ("keep", "--keep", True)),
+           "plan-report": (("md", "--md", False), ("json", "--json", False), ("keep", "--keep", True)),
+           "reparam-report": (("md", "--md", False), ("json", "--json", False))}
+
+
+def output_problem(a: argparse.Namespace) -> str | None:
+    """An output path of the subcommand that cannot be written (probed now, before the export or measurement it
+    would otherwise fail after), or None."""
+    return outputs_problem(*((getattr(a, dest, None), flag, folder) for dest, flag, folder in OUTPUTS.get(a.cmd, ())))
+
+
 def plan_options_problem(a: argparse.Namespace) -> str | None:
     """``export --no-plan`` together with an option that only means something with the plan, or None."""
     if not getattr(a, "no_plan", False):
@@ -262,7 +277,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     problem = count_problem(a) or plan_options_problem(a)
     if problem is None:
-        problem = sram_problem(getattr(a, "sram_kb", None)) or tflite_problem(a)  # the options first, then the file
+        problem = (sram_problem(getattr(a, "sram_kb", None)) or tflite_problem(a)  # the options first, then the file
+                   or output_problem(a))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ..fileutil import outputs_problem
 from .analyzer import MemoryResult, analyze_engines
 from .engines import ENGINES
 from .loading import ModelNotFoundError, load_model
@@ -76,6 +77,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if min(args.imgsz) < 1:
         print(f"error: --imgsz {' '.join(map(str, args.imgsz))}: the input size must be at least 1 pixel; pass e.g. "
               f"--imgsz 224 (or H W: --imgsz 224 320)", file=sys.stderr)
+        return 2
+    problem = outputs_problem((args.json, "--json"), (args.plot, "--plot"))  # before any model is built
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     imgsz = tuple(args.imgsz) if len(args.imgsz) == 2 else args.imgsz[0]
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..datasets import DatasetError, resolve_data
-from ..fileutil import unwritable_reason
+from ..fileutil import outputs_problem
 from ..paths import REPO_ROOT
 from .evaluate import evaluate_detector, report_label_issues
 from .model import CheckpointError, DeroYOLO, check_checkpoint
@@ -236,7 +236,8 @@ def train_main(argv: list[str] | None = None) -> int:
     except OptionError as e:
         return _fail(str(e))
     given.update(extra)
-    problem = _batch_problem(given.get("batch")) or _count_problem(given) or _device_problem(given.get("device"))
+    problem = (_batch_problem(given.get("batch")) or _count_problem(given) or _device_problem(given.get("device"))
+               or outputs_problem((args.json_out, "--json-out")))  # not after the last epoch
     if problem:
         return _fail(problem)
     t0 = time.time()
@@ -246,11 +247,12 @@ def train_main(argv: list[str] | None = None) -> int:
             model, metrics = _resume(args, {k: v for k, v in given.items() if k in typed or k in extra},
                                      data_typed="data" in typed or "data_path" in typed)
         else:
+            # now, before the data is generated, not at the first save after an epoch; Ultralytics creates the
+            # folder itself, so an error found later (in the data, say) leaves none behind
+            problem = outputs_problem((args.project, "--project", True, False))
+            if problem:
+                return _fail(problem)
             rd = resolve_data(args.data, args.data_path, splits=("train", "val"))
-            reason = unwritable_reason(args.project)  # now, not at the first save after an epoch
-            if reason:
-                return _fail(f"--project {args.project}: cannot create or write this folder ({reason}); pass a "
-                             "writable folder with --project")
             if not args.no_label_scan:
                 report_label_issues(rd)
             batch = given.get("batch", QUICK["batch"])
@@ -335,6 +337,11 @@ def val_parser() -> argparse.ArgumentParser:
 
 def val_main(argv: list[str] | None = None) -> int:
     args = val_parser().parse_args(argv)
+    # before the model is built and validation runs: a device this machine lacks, an output that cannot be written
+    problem = (_count_problem({"imgsz": args.imgsz}) or _device_problem(args.device)
+               or outputs_problem((args.project, "--project", True, False), (args.json_out, "--json-out")))
+    if problem:
+        return _fail(problem)
     try:
         out = evaluate_detector(args.weights, data=args.data, data_path=args.data_path, imgsz=args.imgsz,
                                 batch=args.batch, conf=args.conf, iou=args.iou, max_det=args.max_det,

@@ -32,12 +32,19 @@ def report_label_issues(rd, splits=("train", "val"), limit: int = 30) -> int:
         if issues:
             skipped = len({x.label_file for x in issues if x.action == "image skipped"})
             n_images = len(image_files(rd.root, rd.data[split]))
+            n_bad_images = sum(1 for x in issues if not x.line)  # the image file itself (line 0), not a label line
+            n_lines = len(issues) - n_bad_images
             if skipped and skipped >= n_images:
-                raise DatasetError(f"labels ({split}): every one of the {n_images} images has a bad label line and "
-                                   f"would be skipped by Ultralytics, leaving nothing to {split} on; fix the label "
-                                   f"files listed above (class id in 0-{rd.nc - 1}, 'class x y w h' normalised to "
-                                   f"[0, 1])")
-            print(f"WARNING labels ({split}): {len(issues)} bad label lines in {n} label files; "
+                what, fix = (("is an unreadable image file", "replace the image files listed above")
+                             if n_lines == 0 else
+                             ("has a bad label line", "fix the label files listed above") if n_bad_images == 0 else
+                             ("has an unreadable image file or a bad label line", "fix the files listed above"))
+                raise DatasetError(f"labels ({split}): every one of the {n_images} images {what} and would be skipped "
+                                   f"by Ultralytics, leaving nothing to {split} on; {fix}"
+                                   + ("" if n_lines == 0 else f" (class id in 0-{rd.nc - 1}, 'class x y w h' "
+                                                              f"normalised to [0, 1])"))
+            images = f" and {n_bad_images} unreadable image files" if n_bad_images else ""
+            print(f"WARNING labels ({split}): {n_lines} bad label lines in {n} label files{images}; "
                   f"{skipped} of {n_images} images will be skipped by Ultralytics, boxes within its 1% tolerance "
                   f"clipped; the rest is used")
     return total
