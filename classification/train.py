@@ -32,6 +32,7 @@ from classification import data as cdata
 from classification import utils
 from yolo_dero.fileutil import remove_stale_temps, unwritable_reason
 from yolo_dero.nn import NotFoldableError, reparameterize
+from yolo_dero.nn.padding import to_same_padding
 
 BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
 # built-in datasets: generator, crop sizes, one-line description
@@ -147,6 +148,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--dero-style", default=None, type=str,
                    help="DERO models: the unit style, 'default' (the accuracy study's winner) or 'seed' (the seed's "
                         "exact unit: a BatchNorm on every shortcut)")
+    p.add_argument("--same-padding", action="store_true",
+                   help="pad strided convolutions and pools like TFLite's SAME (yolo_dero.nn.padding), so the int8 "
+                        "export needs no PAD operators and its arena no padded copies; train with it to deploy "
+                        "with it (checkpoints record it)")
     p.add_argument("--shortcut-gain", default=None, type=float,
                    help="DERO models: initial weight of the shortcut BatchNorms (0 starts as the plain twin)")
     p.add_argument("--branch-gain", default=None, type=float,
@@ -253,7 +258,8 @@ def build_model(args, num_classes: int) -> nn.Module:
         except ValueError as e:
             raise UserError(f"--dero-style: {e}") from None
     try:
-        return get_model(args.model, num_classes=num_classes, **kwargs)
+        model = get_model(args.model, num_classes=num_classes, **kwargs)
+        return to_same_padding(model) if getattr(args, "same_padding", False) else model
     except ValueError as e:
         if "unknown model" in str(e):
             raise UserError(f"--model: {e}") from None
@@ -274,7 +280,18 @@ def _fits_folded(model: nn.Module, sd) -> bool:
     return not utils.state_dict_mismatch(folded, sd)
 
 
+def saved_same_padding(obj) -> Optional[bool]:
+    """Whether a checkpoint was trained with ``--same-padding`` (None: it does not say, e.g. a bare state dict)."""
+    saved = obj.get("args") if isinstance(obj, dict) else None
+    return bool(saved["same_padding"]) if isinstance(saved, dict) and "same_padding" in saved else None
+
+
 def load_weights_into(model: nn.Module, obj, source: str, what: str, args) -> None:
+    saved = saved_same_padding(obj)
+    if saved is not None and saved != bool(getattr(args, "same_padding", False)):
+        # the weights fit either way (padding has no parameters), but every strided window would move
+        raise UserError(f"{what} {source} was trained {'with' if saved else 'without'} --same-padding: "
+                        f"{'add' if saved else 'drop'} --same-padding so the model computes what it was trained on")
     try:
         sd = utils.extract_state_dict(obj)
     except ValueError as e:
@@ -397,9 +414,12 @@ def build_teacher(args, device: torch.device) -> Optional[Distiller]:
         teacher = get_model(args.teacher, num_classes=args.num_classes)
     except ValueError as e:
         raise UserError(f"--teacher: {e}") from None
-    sd_args = argparse.Namespace(model=args.teacher, num_classes=args.num_classes)
-    load_weights_into(teacher, read_file(args.teacher_weights, "--teacher-weights"), args.teacher_weights,
-                      "--teacher-weights", sd_args)
+    obj = read_file(args.teacher_weights, "--teacher-weights")
+    same = bool(saved_same_padding(obj))
+    if same:  # the teacher computes what it was trained on, whatever the student's padding
+        to_same_padding(teacher)
+    sd_args = argparse.Namespace(model=args.teacher, num_classes=args.num_classes, same_padding=same)
+    load_weights_into(teacher, obj, args.teacher_weights, "--teacher-weights", sd_args)
     print(f"Distilling from {args.teacher} ({args.teacher_weights}): alpha {args.distill_alpha}, "
           f"temperature {args.distill_temperature}")
     return Distiller(teacher.to(device), args.distill_alpha, args.distill_temperature)

@@ -187,3 +187,18 @@ def test_latency_times_every_form_of_every_family(tmp_path, capsys):
     assert "| mcunet_v4 @32 |" in md and "seed fused / plain" in md
     assert study.main(["latency", "--out", str(tmp_path), "--cases", "resnet18@64"]) == 2
     assert "unknown architecture resnet18" in capsys.readouterr().err
+
+
+def test_same_padding_is_recorded_and_a_mismatch_refused(tiny, tmp_path):
+    from yolo_dero.nn.padding import uses_same_padding
+
+    out = tmp_path / "same"
+    args = T.get_args_parser().parse_args(_args(tiny, out, "--epochs", "1", "--same-padding"))
+    assert uses_same_padding(T.build_model(args, 3))
+    T.run(args)
+    ckpt = out / "checkpoint.pth"
+    with pytest.raises(T.UserError, match="trained with --same-padding: add --same-padding"):
+        T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "eval", "--test-only", "--weights", ckpt)))
+    h = T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "eval", "--test-only", "--weights", ckpt,
+                                                   "--same-padding")))
+    assert math.isfinite(h.acc1)

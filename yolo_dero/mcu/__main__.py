@@ -24,12 +24,13 @@ from pathlib import Path
 from ..fileutil import outputs_problem
 from ..memory import input_channels
 from ..memory.loading import load_model
+from ..nn.padding import to_same_padding, uses_same_padding
 from ..paths import REPO_ROOT
 from .arena import measure_arena
 from .export import cli_calibration_source, export_tflite
 from .fit import fit_check, sram_problem
 from .offline_plan import plan_file
-from .reports import CROSSCHECK_NOTES, crosscheck, plan_report, reparam_report
+from .reports import CROSSCHECK_NOTES, crosscheck, payoff_report, plan_report, reparam_report
 from .tflite import TFLITE_MAGIC, FloatTensorError, MissingDependencyError, PlanError, require
 
 
@@ -48,6 +49,10 @@ def _export(a) -> int:
     # the plan's check runs in TFLM and the fit check measures there: fail before exporting, not after
     require("litert_torch", "torchao", *(("ai_edge_litert", "tflite_micro") if plan or a.sram_kb else ()))
     model, _ = load_model(a.model)  # a wrong name or path fails here, before anything is written or removed
+    if a.same_padding and not uses_same_padding(model):
+        to_same_padding(model)
+        print("same padding: strided layers pad like TFLite's SAME (the architecture as trained with it; weights "
+              "trained without it would compute something else)")
     out = Path(a.out)
     raw = unplanned_path(out) if plan else out
     try:
@@ -154,6 +159,12 @@ def _reparam_report(a) -> int:
     return 0 if all("error" not in r for r in res["rows"]) else 1
 
 
+def _payoff(a) -> int:
+    res = payoff_report(Path(a.md), Path(a.json), only=a.only, num_calib=a.num_calib, force=a.force)
+    print(f"wrote {a.md} and {a.json} ({len(res['rows'])} rows)")
+    return 0 if all("error" not in r for r in res["rows"]) else 1
+
+
 def _crosscheck(a) -> int:
     res = crosscheck(out_md=Path(a.md), out_json=Path(a.json), only=a.only, num_calib=a.num_calib,
                      keep=Path(a.keep) if a.keep else None, explanations=CROSSCHECK_NOTES if not a.only else "")
@@ -198,7 +209,8 @@ OUTPUTS = {"export": (("out", "--out", False),), "arena": (("json", "--json", Fa
            "plan": (("out", "--out", False), ("json", "--json", False)),
            "crosscheck": (("md", "--md", False), ("json", "--json", False), ("keep", "--keep", True)),
            "plan-report": (("md", "--md", False), ("json", "--json", False), ("keep", "--keep", True)),
-           "reparam-report": (("md", "--md", False), ("json", "--json", False))}
+           "reparam-report": (("md", "--md", False), ("json", "--json", False)),
+           "payoff": (("md", "--md", False), ("json", "--json", False))}
 
 
 def output_problem(a: argparse.Namespace) -> str | None:
@@ -230,6 +242,9 @@ def main(argv=None) -> int:
                         "use, resized to --imgsz)")
     e.add_argument("--num-calib", type=int, default=8)
     e.add_argument("--verbose", action="store_true", help="show the converter's progress output")
+    e.add_argument("--same-padding", action="store_true",
+                   help="build the model with TFLite-style SAME padding (yolo_dero.nn.padding) before exporting: "
+                        "no PAD operators; for architectures and for weights trained with it")
     e.add_argument("--no-plan", action="store_true",
                    help="write the export to --out without an offline memory plan (TFLM plans online)")
     e.add_argument("--plan", action="store_true",
@@ -261,6 +276,13 @@ def main(argv=None) -> int:
     rr.add_argument("--only", nargs="*", default=None, help="families (MCUNet-v4, ResNet34, YOLOv5n)")
     rr.add_argument("--num-calib", type=int, default=2)
     rr.add_argument("--force", action="store_true", help="measure again rows already in the JSON file")
+    po = sub.add_parser("payoff", help="original / plain / DERO seed form / DERO rep of every family, SAME padding, "
+                                       "online and planned TFLM heads vs the analyzer -> results/mcu_payoff.*")
+    po.add_argument("--md", default=str(REPO_ROOT / "results" / "mcu_payoff.md"))
+    po.add_argument("--json", default=str(REPO_ROOT / "results" / "mcu_payoff.json"))
+    po.add_argument("--only", nargs="*", default=None, help="families (ResNet34, MCUNet-v4, DenseNet121, YOLOv5n)")
+    po.add_argument("--num-calib", type=int, default=2)
+    po.add_argument("--force", action="store_true", help="measure again rows already in the JSON file")
     pl = sub.add_parser("plan", help="write an offline memory plan (OfflineMemoryAllocation) into a .tflite")
     pl.add_argument("file")
     pl.add_argument("--out", required=True, help="planned .tflite")
@@ -285,7 +307,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return {"export": _export, "arena": _arena, "crosscheck": _crosscheck, "plan": _plan,
-                "plan-report": _plan_report, "reparam-report": _reparam_report}[a.cmd](a)
+                "plan-report": _plan_report, "reparam-report": _reparam_report, "payoff": _payoff}[a.cmd](a)
     except Exception as ex:  # noqa: BLE001  (one clear line for CLI users)
         if isinstance(ex, (FloatTensorError, MissingDependencyError, FileNotFoundError, ValueError)):
             print(f"error: {ex}", file=sys.stderr)

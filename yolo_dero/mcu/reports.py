@@ -7,7 +7,9 @@
 * :func:`plan_report` -> results/mcu_plan.{md,json}: online vs planned heads of the same models (without the toys)
   under the offline memory plan (:func:`~yolo_dero.mcu.offline_plan.plan_file`);
 * :func:`reparam_report` -> results/mcu_reparam.{md,json}: original / plain / DERO in the ``rep`` style (folded
-  into plain convolutions by the export) / DERO in the default style, per family and input size.
+  into plain convolutions by the export) / DERO in the default style, per family and input size;
+* :func:`payoff_report` -> results/mcu_payoff.{md,json}: the same four variants of every family at two sizes, built
+  with SAME padding, online and offline-planned TFLM heads beside the analyzer's ``fused`` figure.
 
 The cases: small toy nets on 16x32x32 tensors (:func:`toy_models`, rows of the cross-check) and the zoo models,
 built with randomised BatchNorm statistics (:func:`build`) so that nothing folds away by accident. What the
@@ -32,6 +34,7 @@ from torch import nn
 from ..memory import analyze, input_channels
 from ..memory.loading import load_model
 from ..nn import DeroUnit
+from ..nn.padding import to_same_padding
 from .arena import measure_arena
 from .export import deployable, export_tflite, is_detection_model, lower_for_export
 from .offline_plan import plan_file
@@ -492,4 +495,110 @@ def reparam_markdown(rows: Dict[str, Dict[str, Any]]) -> str:
                 plain.get("tflm_head") == r.get("tflm_head") else "no"
             lines.append(f"| {family} @{size} | {variant} | {r['tflm_head']:,} | {ratio} | "
                          f"{r.get('analyzer_fused_peak', 0):,} | {_ops(r)} | {same} | {r.get('max_abs_diff_lsb')} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# payoff: where does the original cost more than plain on the real runtime, and does DERO remove that cost?
+
+
+#: (family, input sizes, {variant: model spec}); every model is built with TFLite-style SAME padding
+#: (:func:`~yolo_dero.nn.padding.to_same_padding`), the deployment configuration the README recommends
+PAYOFF_CASES: List[Tuple[str, Tuple[int, ...], Dict[str, str]]] = [
+    ("ResNet34", (64, 128), {"original": "resnet34", "plain": "resnet34plain:rep",
+                             "DERO seed form": "resnet34dero", "DERO rep": "resnet34dero:rep"}),
+    ("MCUNet-v4", (96, 176), {"original": "mcunet_v4", "plain": "mcunet_plain_v4:rep",
+                              "DERO seed form": "mcunet_dero_v4", "DERO rep": "mcunet_dero_v4:rep"}),
+    ("DenseNet121", (64, 128), {"original": "densenet121", "plain": "densenet121_plain:rep",
+                                "DERO seed form": "densenet121_dero", "DERO rep": "densenet121_dero:rep"}),
+    ("YOLOv5n", (128, 256), {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain-rep.yaml",
+                             "DERO seed form": "cfg/yolov5n-dero.yaml", "DERO rep": "cfg/yolov5n-dero-rep.yaml"}),
+]
+
+
+def payoff_case(spec: str, imgsz: int, workdir: Path, num_calib: int = 2, n_inputs: int = 2) -> Dict[str, Any]:
+    """Export ``spec`` (SAME padding, randomised BatchNorm statistics) and measure its TFLite Micro head with the
+    online planner and with the offline plan (in-place elementwise ops), beside the analyzer's ``fused`` peak."""
+    t0 = time.time()
+    model, c = build(spec)
+    to_same_padding(model)
+    det = is_detection_model(model)
+    fused = analyze(deployable(model), imgsz, engine="fused", in_channels=c, outputs="all" if det else "auto")
+    row: Dict[str, Any] = {"spec": spec, "imgsz": imgsz, "analyzer_fused": fused.peak_bytes,
+                           "analyzer_peak_operator": fused.peak_operator}
+    out = workdir / f"{spec.replace('/', '_').replace(':', '_')}_{imgsz}.tflite"
+    e = export_tflite(model, imgsz, out, num_calib=num_calib, in_channels=c)
+    r = plan_file(out, workdir / f"{out.stem}_planned.tflite", inplace=True, n_inputs=n_inputs)
+    row.update(op_counts=e.op_counts, lowering=e.lowering, online_head=r.verification["online_head_bytes"],
+               planned_head=r.verification["planned_head_bytes"], peak_operator=r.plan["peak_operator"],
+               bit_identical=r.verification["bit_identical"], litert_diff=r.verification["max_abs_diff_lsb_litert"],
+               seconds=round(time.time() - t0, 1))
+    return row
+
+
+def payoff_report(out_md: Path, out_json: Path, only: Optional[Sequence[str]] = None, num_calib: int = 2,
+                  force: bool = False, log=print) -> Dict[str, Any]:
+    """Every :data:`PAYOFF_CASES` row (or the families in ``only``), resuming from the rows in ``out_json``."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    if out_json.is_file() and not force:
+        rows = {r["key"]: r for r in json.loads(out_json.read_text())["rows"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, sizes, specs in PAYOFF_CASES:
+            if only and family not in only:
+                continue
+            for size in sizes:
+                for variant, spec in specs.items():
+                    key = f"{family} @{size} {variant}"
+                    if key in rows and "error" not in rows[key]:
+                        continue
+                    try:
+                        row = payoff_case(spec, size, Path(tmp), num_calib=num_calib)
+                    except Exception as ex:  # noqa: BLE001  (one failing export must not lose the others)
+                        row = {"spec": spec, "imgsz": size, "error": f"{type(ex).__name__}: {str(ex)[:400]}"}
+                    row.update(key=key, family=family, variant=variant, size=size)
+                    rows[key] = row
+                    log(json.dumps({k: row.get(k) for k in ("key", "online_head", "planned_head", "analyzer_fused",
+                                                            "peak_operator", "error")}))
+                    _write_payoff(rows, out_md, out_json)
+    return _write_payoff(rows, out_md, out_json)
+
+
+def _write_payoff(rows: Dict[str, Dict[str, Any]], out_md: Path, out_json: Path) -> Dict[str, Any]:
+    result = {"env": _env(), "rows": list(rows.values())}
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=1))
+    out_md.write_text(payoff_markdown(rows, result["env"]))
+    return result
+
+
+def payoff_markdown(rows: Dict[str, Dict[str, Any]], env: Dict[str, str]) -> str:
+    lines = ["# The payoff on TensorFlow Lite Micro: original, plain and DERO, measured", "",
+             f"Regenerate: `python -m yolo_dero.mcu payoff` ({env.get('date', '')}; {env.get('versions', '')}). "
+             "Every model is built with TFLite-style SAME padding (`yolo_dero.nn.padding.to_same_padding`, the "
+             "deployment configuration), exported full-int8 (`export_tflite`: re-parameterizable units folded, "
+             "pads folded into their operators) with randomised BatchNorm statistics, and measured by TFLite "
+             "Micro's allocator: **online** = TFLM's own planner, **planned** = with the offline memory plan "
+             "(`python -m yolo_dero.mcu export` writes it by default; elementwise operators in place). "
+             "**analyzer fused** = `python -m yolo_dero.memory --engine fused`, the figure the README sells. "
+             "*planned / fused* within 1.05 means the runtime delivers the analyzer's figure; above it, the "
+             "peak operator names what keeps it there.", "",
+             "| model | variant | online B | planned B | analyzer fused B | planned / fused | planned / plain | "
+             "peak operator (planned) | PAD ops | planned = online outputs | vs LiteRT (LSB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for family, sizes, specs in PAYOFF_CASES:
+        for size in sizes:
+            plain = rows.get(f"{family} @{size} plain", {})
+            for variant in specs:
+                r = rows.get(f"{family} @{size} {variant}")
+                if r is None:
+                    continue
+                if "error" in r:
+                    lines.append(f"| {family} @{size} | {variant} | error: {r['error'][:140]} | | | | | | | | |")
+                    continue
+                to_plain = f"{r['planned_head'] / plain['planned_head']:.3f}" if plain.get("planned_head") else ""
+                pads = r["op_counts"].get("PAD", 0) + r["op_counts"].get("PADV2", 0)
+                lines.append(f"| {family} @{size} | {variant} | {r['online_head']:,} | {r['planned_head']:,} | "
+                             f"{r['analyzer_fused']:,} | {r['planned_head'] / r['analyzer_fused']:.3f} | {to_plain} | "
+                             f"{r['peak_operator']} | {pads} | {'bit-identical' if r['bit_identical'] else 'NO'} | "
+                             f"{r['litert_diff']} |")
     return "\n".join(lines) + "\n"

@@ -285,7 +285,8 @@ def record(model: nn.Module, input_shape: Sequence[int], leaf: Optional[LeafPred
 
     handles = []
     for m in names:
-        handles.append(m.register_forward_pre_hook(pre))
+        # first of the pre-hooks: what a module's own pre-hooks compute (SAME padding) is inside its scope
+        handles.append(m.register_forward_pre_hook(pre, prepend=True))
         handles.append(m.register_forward_hook(post))
     was_training = model.training
     model.eval()

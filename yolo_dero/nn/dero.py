@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .padding import SamePad, same_pads
+from .padding import SamePad
 
 ActivationSpec = Union[None, bool, str, nn.Module, Callable[[], nn.Module]]
 ShortcutNorm = Union[bool, str]  # True / "all", False / "none", "changes" or "strided"
@@ -391,6 +391,7 @@ class DeroPool(nn.Module):
         if s == 1 or k == 1 or self.same_pad is not None:
             return
         self.same_pad = SamePad(k, s, float("-inf") if isinstance(self.pool, nn.MaxPool2d) else 0.0)
+        self.same_pad_shortcut = SamePad(k, s)  # the sum-pool reads zeros there
         self.pool.padding = 0
         if self.shortcut is not None:
             self.shortcut.p = 0
@@ -398,19 +399,12 @@ class DeroPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.pool(self.same_pad(x) if self.same_pad is not None else x)
         if self.shortcut is not None:
-            y = y + self.shortcut(F.pad(x, _same_amounts(x, self.same_pad)) if self.same_pad is not None else x)
+            y = y + self.shortcut(self.same_pad_shortcut(x) if self.same_pad is not None else x)
         return y
 
 
 def _first(v) -> int:
     return v if isinstance(v, int) else v[0]
-
-
-def _same_amounts(x: torch.Tensor, pad: SamePad):
-    """The ``F.pad`` amounts of ``pad`` for ``x`` (for padding a second copy with zeros)."""
-    top, bottom = same_pads(int(x.shape[-2]), pad.k, pad.s)
-    left, right = same_pads(int(x.shape[-1]), pad.k, pad.s)
-    return (left, right, top, bottom)
 
 
 @contextmanager

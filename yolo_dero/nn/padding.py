@@ -84,6 +84,7 @@ def _convert_leaf(module: nn.Module, hook_on: nn.Module) -> bool:
             raise ValueError(f"same padding needs square kernels and strides, got {module}")
         module.padding = (0, 0)
         hook_on.register_forward_pre_hook(_SamePadHook(module.kernel_size[0], module.stride[0]))
+        hook_on.is_dero_operator = True  # the memory analyzer: the pad belongs to this operator (one group)
         return True
     if isinstance(module, nn.MaxPool2d):
         if not _needs_same(module.kernel_size, module.stride, module.padding) or module.ceil_mode:
@@ -91,6 +92,7 @@ def _convert_leaf(module: nn.Module, hook_on: nn.Module) -> bool:
         module.padding = 0
         hook_on.register_forward_pre_hook(_SamePadHook(_pair(module.kernel_size)[0], _pair(module.stride)[0],
                                                        float("-inf")))
+        hook_on.is_dero_operator = True
         return True
     return False
 
@@ -121,5 +123,5 @@ def to_same_padding(model: nn.Module) -> nn.Module:
 
 
 def uses_same_padding(model: nn.Module) -> bool:
-    """Whether ``model`` was converted by :func:`to_same_padding`."""
-    return bool(getattr(model, "same_padding", False))
+    """Whether ``model`` (or a part of it, e.g. a detector's layer list) was converted by :func:`to_same_padding`."""
+    return any(getattr(m, "same_padding", False) for m in model.modules())

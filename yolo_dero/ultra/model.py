@@ -32,6 +32,7 @@ from ultralytics.utils.torch_utils import initialize_weights
 from ..fileutil import atomic_write_bytes, remove_stale_temps, temp_sibling
 from ..nn.dero import exportable_shortcuts
 from ..nn.fuse import fuse_units
+from ..nn.padding import to_same_padding
 from .env import offline_check_amp
 from .parser import build_model, load_model_yaml, resolve_model_yaml
 
@@ -65,6 +66,8 @@ class DeroDetectionModel(DetectionModel):
             self.yaml["nc"] = nc
         self.model, self.save, self.memory_stages = build_model(deepcopy(self.yaml), ch=ch,
                                                                 verbose=verbose and RANK in {-1, 0})
+        if self.yaml.get("same_padding", False):  # TFLite-style SAME padding for strided layers (no PAD on export)
+            to_same_padding(self.model)
         self.names = {i: f"{i}" for i in range(self.yaml["nc"])}
         self.inplace = self.yaml.get("inplace", True)
 
