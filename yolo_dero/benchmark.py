@@ -12,7 +12,8 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-VARIANTS = ("original", "plain", "dero")
+from classification.catalog import VARIANTS  # noqa: F401  (re-exported: the variants every benchmark compares)
+
 MISSING = "n/a"
 
 
@@ -27,11 +28,21 @@ SPEED_MEMORY_RATIO_KEYS = [
 ]
 
 
-def ratio(a: Optional[float], b: Optional[float], digits: int = 3) -> Optional[float]:
-    """``a / b`` rounded, or None when either is unknown or ``b`` is zero."""
+def ratio(a: Optional[float], b: Optional[float], digits: Optional[int] = 3) -> Optional[float]:
+    """``a / b`` rounded to ``digits`` (None: not rounded), or None when either is unknown or ``b`` is zero."""
     if a is None or b is None or b == 0:
         return None
-    return round(float(a) / float(b), digits)
+    q = float(a) / float(b)
+    return q if digits is None else round(q, digits)
+
+
+def metric(row: Mapping[str, Any], key: str) -> Any:
+    """``row[key]``, a dotted ``key`` reaching into nested dicts (``"fused.peak_bytes"``); None when absent."""
+    for part in key.split("."):
+        if not isinstance(row, Mapping) or part not in row:
+            return None
+        row = row[part]
+    return row
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -70,24 +81,23 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits
     return "\n".join(lines)
 
 
-def ratio_rows(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[tuple],
-               pairs: Sequence[tuple] = (("dero", "plain"), ("dero", "original"))) -> List[List[Any]]:
-    """Rows ``[metric, goal, dero/plain, dero/original]`` for the metrics ``keys`` = ``(key, title, goal)``."""
-    out = []
-    for key, title, goal in keys:
-        line: List[Any] = [title, goal]
-        for a, b in pairs:
-            ra, rb = rows.get(a, {}), rows.get(b, {})
-            line.append(ratio(ra.get(key), rb.get(key)))
-        out.append(line)
-    return out
+DEFAULT_PAIRS = (("dero", "plain"), ("dero", "original"))
 
 
-def ratios(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str],
-           pairs: Sequence[tuple] = (("dero", "plain"), ("dero", "original"))) -> Dict[str, Dict[str, Optional[float]]]:
-    """``{"dero/plain": {key: ratio}, "dero/original": {...}}`` for the JSON file."""
-    return {f"{a}/{b}": {k: ratio(rows.get(a, {}).get(k), rows.get(b, {}).get(k)) for k in keys}
+def ratios(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str], pairs: Sequence[tuple] = DEFAULT_PAIRS,
+           digits: Optional[int] = 3) -> Dict[str, Dict[str, Optional[float]]]:
+    """The one ratio table of the benchmarks: ``{"a/b": {key: rows[a][key] / rows[b][key]}}`` for every pair of
+    variants ``(a, b)`` and metric ``key`` (dotted for nested dicts, see :func:`metric`); None where a row or a
+    value is missing or the denominator is zero."""
+    return {f"{a}/{b}": {k: ratio(metric(rows.get(a, {}), k), metric(rows.get(b, {}), k), digits) for k in keys}
             for a, b in pairs}
+
+
+def ratio_rows(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[tuple],
+               pairs: Sequence[tuple] = DEFAULT_PAIRS) -> List[List[Any]]:
+    """Rows ``[metric, goal, dero/plain, dero/original]`` for the metrics ``keys`` = ``(key, title, goal)``."""
+    table = ratios(rows, [k for k, _, _ in keys], pairs)
+    return [[title, goal] + [table[f"{a}/{b}"][key] for a, b in pairs] for key, title, goal in keys]
 
 
 def environment() -> Dict[str, Any]:
