@@ -23,10 +23,10 @@ class Arch(NamedTuple):
 
 #: architecture -> :class:`Arch`, in table order
 CATALOG: Dict[str, Arch] = {
-    "resnet34": Arch("ResNet34", 224, {"original": "resnet34", "plain": "resnet34plain", "dero": "resnet34dero"}),
-    "resnet50": Arch("ResNet50", 224, {"original": "resnet50", "plain": "resnet50plain", "dero": "resnet50dero"}),
-    "mcunet_v4": Arch("MCUNet-v4", 176, {"original": "mcunet_v4", "plain": "mcunet_plain_v4",
-                                         "dero": "mcunet_dero_v4"}),
+    "resnet34": Arch("ResNet34", 224, {"original": "resnet34", "plain": "resnet34_plain", "dero": "resnet34_dero"}),
+    "resnet50": Arch("ResNet50", 224, {"original": "resnet50", "plain": "resnet50_plain", "dero": "resnet50_dero"}),
+    "mcunet_v4": Arch("MCUNet-v4", 176, {"original": "mcunet_v4", "plain": "mcunet_v4_plain",
+                                         "dero": "mcunet_v4_dero"}),
     "densenet121": Arch("DenseNet121", 224, {"original": "densenet121", "plain": "densenet121_plain",
                                              "dero": "densenet121_dero"}),
 }
