@@ -1,7 +1,9 @@
-"""Helpers shared by the comparison benchmarks (:mod:`yolo_dero.compare`, :mod:`yolo_dero.compare_cls`).
+"""The benchmark library shared by the comparison tools (:mod:`yolo_dero.compare`, :mod:`yolo_dero.compare_cls`,
+:mod:`yolo_dero.report`, the ``yolo_dero.mcu`` reports); the tools are entry points and import from here.
 
-Ratios, number formatting, markdown tables, writing the ``.json``/``.md`` pair, the environment block,
-and the peak-memory figures of one model under both engines. Torch-only (no Ultralytics import).
+Ratios (one helper for every ratio table), number formatting, markdown tables, writing the ``.json``/``.md`` pair,
+the environment block, interleaved CPU latency, and the peak-memory figures of one model under both engines.
+Torch-only (no Ultralytics import), torch imported on first use.
 """
 
 from __future__ import annotations
@@ -100,20 +102,46 @@ def ratio_rows(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[tuple],
     return [[title, goal] + [table[f"{a}/{b}"][key] for a, b in pairs] for key, title, goal in keys]
 
 
-def environment() -> Dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
+def cpu_name(default: Optional[str] = None) -> str:
+    """The CPU's model name from /proc/cpuinfo, else ``default`` (platform's processor or machine)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return default if default is not None else (platform.processor() or platform.machine())
+
+
+def environment() -> Dict[str, Any]:
+    import torch
+
     return {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "cpu": cpu, "cpus": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "cpu": cpu_name(), "cpus": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "loadavg_1min_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+
+
+def time_interleaved(models: Mapping[str, Any], shape, repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """Median seconds per forward of each model (eval mode, ``torch.no_grad``, one fixed random input of ``shape``),
+    the models timed in turn within every repeat so that a burst of load hits them alike."""
+    import statistics
+    import time
+
+    import torch
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    times: Dict[str, List[float]] = {k: [] for k in models}
+    with torch.no_grad():
+        for m in models.values():
+            m.eval()
+            for _ in range(warmup):
+                m(x)
+        for _ in range(repeats):
+            for k, m in models.items():
+                t0 = time.perf_counter()
+                m(x)
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def memory_figures(model, imgsz: int) -> Dict[str, Optional[int]]:

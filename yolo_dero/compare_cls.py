@@ -6,7 +6,7 @@
 Each variant is trained by ``classification.train.run(args)`` (same seed, same budget, the args built by its
 own parser), whose returned history gives the pure training time per epoch and the final top-1. Then it measures, for the three trained models:
 
-* CPU latency, batch 1, float32, eval mode, the three timed interleaved (:func:`yolo_dero.report.time_interleaved`),
+* CPU latency, batch 1, float32, eval mode, the three timed interleaved (:func:`yolo_dero.benchmark.time_interleaved`),
   at ``--eval-imgsz`` (default: the architecture's native input size, 224 or 176 for MCUNet);
 * peak activation memory (int8, batch 1, engines ``fused`` and ``tflm``, whole and body) at ``--eval-imgsz``;
 
@@ -28,7 +28,7 @@ import torch
 from classification.catalog import CATALOG, VARIANTS, variant_names
 
 from .benchmark import (SPEED_MEMORY_RATIO_KEYS, environment, fmt, throughput, kib, markdown_table, memory_figures,
-                        ratio_rows, ratios, write_results)
+                        ratio_rows, ratios, time_interleaved, write_results)
 from .fileutil import outputs_problem
 from .paths import REPO_ROOT
 
@@ -79,8 +79,6 @@ def load_trained(model_name: str, checkpoint: str) -> torch.nn.Module:
 
 
 def run(args) -> Dict[str, Any]:
-    from .report import time_interleaved
-
     names = variant_names(args.arch)
     eval_imgsz = args.eval_imgsz or ARCHS[args.arch].imgsz
     rows: Dict[str, Dict[str, Any]] = {}

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 from classification.catalog import CATALOG, variant_names
 
-from .benchmark import ratios
+from .benchmark import cpu_name, ratios, time_interleaved
 from .fileutil import outputs_problem
 from .memory import analyze_engines
 from .memory.loading import load_model
@@ -49,23 +48,6 @@ def variant_specs(arch: str) -> Dict[str, Optional[str]]:
     if "yaml" in cfg:
         return {v: (p if (REPO_ROOT / p).is_file() else None) for v, p in cfg["yaml"].items()}
     return variant_names(cfg["arch"])
-
-
-def time_interleaved(models: Dict[str, torch.nn.Module], shape, repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """Median seconds per forward of each model, the models timed in turn within every repeat."""
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    times: Dict[str, List[float]] = {k: [] for k in models}
-    with torch.no_grad():
-        for m in models.values():
-            m.eval()
-            for _ in range(warmup):
-                m(x)
-        for _ in range(repeats):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def measure(archs: Sequence[str], repeats: int = 15, latency: bool = True, plot_arch: Optional[str] = None,
@@ -121,18 +103,8 @@ def measure(archs: Sequence[str], repeats: int = 15, latency: bool = True, plot_
         "rows": rows, "missing": missing, "repeats": repeats if latency else 0,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "python": platform.python_version(), "machine": platform.machine(),
-                        "processor": _cpu_name(), "cpus": os.cpu_count()},
+                        "processor": cpu_name(platform.processor() or "unknown"), "cpus": os.cpu_count()},
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _k(b: Optional[int]) -> str:
