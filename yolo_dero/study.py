@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from classification.catalog import CATALOG, variant_names
 
 from .fileutil import outputs_problem
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, shipped
 
 DEFAULT_OUT = REPO_ROOT / "results" / "study"
 DEFAULT_RUNS = REPO_ROOT / "runs" / "study"
@@ -370,7 +370,7 @@ def latency_models(arch: str) -> Dict[str, Any]:
 
         models = {}
         for arm, (yaml, fuse) in YOLO_LATENCY_YAMLS.items():
-            m = DeroDetectionModel(str(REPO_ROOT / "cfg" / yaml), nc=3, verbose=False).eval()
+            m = DeroDetectionModel(str(shipped("cfg") / yaml), nc=3, verbose=False).eval()
             models[arm] = m.fuse(verbose=False) if fuse else m
         return models
     from classification.models import get_model

@@ -32,8 +32,10 @@ def register_model(name: str | None = None) -> Callable[[Callable[..., nn.Module
 
     def wrapper(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
-        if key in BUILTIN_MODELS or key in DEPRECATED_NAMES:
+        if key in BUILTIN_MODELS:
             raise ValueError(f"a model named {key!r} is already registered")
+        if key in DEPRECATED_NAMES:
+            raise ValueError(f"{key!r} is already registered, as a deprecated alias of {DEPRECATED_NAMES[key]!r}")
         BUILTIN_MODELS[key] = fn
         return fn
 
