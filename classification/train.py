@@ -1,8 +1,8 @@
 """Train or evaluate a classification model of the zoo with torchvision's ImageNet reference recipe.
 
-Single process:   python classification/train.py --model resnet34dero --data-path /data/imagenet ...
-Several GPUs:     torchrun --nproc_per_node=8 classification/train.py --model resnet34dero --data-path ...
-Evaluate:         python classification/train.py --model resnet34dero --data-path ... --test-only --weights F
+Single process:   python classification/train.py --model resnet34_dero --data-path /data/imagenet ...
+Several GPUs:     torchrun --nproc_per_node=8 classification/train.py --model resnet34_dero --data-path ...
+Evaluate:         python classification/train.py --model resnet34_dero --data-path ... --test-only --weights F
 
 ``--data-path`` is an ImageFolder root with ``train/`` and ``val/``. Without it the built-in synthetic
 shapes dataset is generated (once) and used, with crop sizes suited to its 64x64 images.
@@ -599,9 +599,9 @@ def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> H
     if args.use_deterministic_algorithms:
         torch.use_deterministic_algorithms(True)
 
-    from classification.models import list_models
+    from classification.models import is_model
 
-    if args.model not in list_models():  # fail fast, before indexing a large dataset
+    if not is_model(args.model):  # fail fast, before indexing a large dataset
         build_model(args, 1)
     if args.test_only and not (args.weights or args.resume):
         raise UserError("--test-only needs the weights to evaluate: pass --weights FILE or --resume CHECKPOINT")

@@ -9,9 +9,9 @@ from classification.models._profile import count_macs, count_params
 from classification.models.mcunet import InvertedResidual
 from yolo_dero.nn import DeroUnit
 
-ALL_MODELS = list_models()
-TWINS = [("resnet34dero", "resnet34plain"), ("resnet50dero", "resnet50plain"),
-         ("mcunet_dero_v4", "mcunet_plain_v4"), ("densenet121_dero", "densenet121_plain")]
+ALL_MODELS = list_models(include_deprecated=False)
+TWINS = [("resnet34_dero", "resnet34_plain"), ("resnet50_dero", "resnet50_plain"),
+         ("mcunet_v4_dero", "mcunet_v4_plain"), ("densenet121_dero", "densenet121_plain")]
 DERO_MODELS = [dero for dero, _ in TWINS]
 
 
@@ -23,12 +23,12 @@ def _shortcut_params(model: nn.Module) -> int:
 def test_registry_has_all_twelve_models():
     assert ALL_MODELS == sorted([
         "resnet34", "resnet50", "densenet121", "mcunet_v4",
-        "resnet34dero", "resnet50dero", "densenet121_dero", "mcunet_dero_v4",
-        "resnet34plain", "resnet50plain", "densenet121_plain", "mcunet_plain_v4"])
+        "resnet34_dero", "resnet50_dero", "densenet121_dero", "mcunet_v4_dero",
+        "resnet34_plain", "resnet50_plain", "densenet121_plain", "mcunet_v4_plain"])
 
 
 def test_unknown_model_name_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown model 'resnet18'.*valid names: .*resnet34dero"):
+    with pytest.raises(ValueError, match="unknown model 'resnet18'.*valid names: .*resnet34_dero"):
         get_model("resnet18")
 
 
@@ -57,8 +57,8 @@ def test_forward_backward_64px_every_parameter_gets_a_gradient(name):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name, size", [("resnet50dero", (32, 32)), ("densenet121_dero", (48, 80)),
-                                        ("mcunet_dero_v4", (72, 40))])
+@pytest.mark.parametrize("name, size", [("resnet50_dero", (32, 32)), ("densenet121_dero", (48, 80)),
+                                        ("mcunet_v4_dero", (72, 40))])
 def test_smallest_and_non_square_inputs(name, size):
     model = get_model(name, num_classes=7)
     assert model(torch.randn(2, 3, *size)).shape == (2, 7)
@@ -87,7 +87,7 @@ def test_mcunet_original_adds_only_where_stride_1_and_channels_match():
     blocks = [m for m in get_model("mcunet_v4").modules() if isinstance(m, InvertedResidual)]
     assert len(blocks) == 18
     assert sum(b.use_residual for b in blocks) == 11
-    assert not any(isinstance(m, InvertedResidual) for m in get_model("mcunet_dero_v4").modules())
+    assert not any(isinstance(m, InvertedResidual) for m in get_model("mcunet_v4_dero").modules())
 
 
 def test_densenet_dero_seed_style_shortcut_bn_only_where_channels_or_stride_change():
@@ -98,13 +98,13 @@ def test_densenet_dero_seed_style_shortcut_bn_only_where_channels_or_stride_chan
 
 
 def test_resnet_dero_drop_path_grows_linearly_and_needs_shortcuts():
-    model = get_model("resnet34dero", drop_path_rate=0.2)
+    model = get_model("resnet34_dero", drop_path_rate=0.2)
     first, last = model.layer1[0].conv1, model.layer4[-1].conv2
     assert isinstance(first.drop_path, nn.Identity)
     assert last.drop_path.p == pytest.approx(0.2)
     assert model.layer2[0].conv1.drop_path.p == pytest.approx(0.2 * 3 / 15)
     with pytest.raises(ValueError):
-        get_model("resnet34plain", drop_path_rate=0.2)
+        get_model("resnet34_plain", drop_path_rate=0.2)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -140,17 +140,17 @@ def test_memory_stages_cover_the_forward_pass_in_order(name):
 # BatchNorm of identity and zero-padded shortcuts and adds one before the classifier's pooling
 # ('identity-headnorm').
 @pytest.mark.parametrize("name, seed_style, default_style", [
-    ("resnet34dero", 21_645_806, 21_633_518), ("resnet50dero", 22_844_654, 22_812_654),
-    ("mcunet_dero_v4", 760_158, 747_870), ("densenet121_dero", 7_949_542, 7_947_598)])
+    ("resnet34_dero", 21_645_806, 21_633_518), ("resnet50_dero", 22_844_654, 22_812_654),
+    ("mcunet_v4_dero", 760_158, 747_870), ("densenet121_dero", 7_949_542, 7_947_598)])
 def test_dero_parameter_counts_per_style(name, seed_style, default_style):
     assert count_params(get_model(name, style="seed")) == seed_style
-    assert int(seed_style / 2**20 * 100) / 100 == {"resnet34dero": 20.64, "resnet50dero": 21.78,
-                                                  "mcunet_dero_v4": 0.72, "densenet121_dero": 7.58}[name]
+    assert int(seed_style / 2**20 * 100) / 100 == {"resnet34_dero": 20.64, "resnet50_dero": 21.78,
+                                                  "mcunet_v4_dero": 0.72, "densenet121_dero": 7.58}[name]
     assert count_params(get_model(name)) == default_style
 
 
 def test_default_style_identity_shortcuts_carry_no_batchnorm():
-    for name in ("resnet34dero", "mcunet_dero_v4", "densenet121_dero"):
+    for name in ("resnet34_dero", "mcunet_v4_dero", "densenet121_dero"):
         for m in get_model(name).modules():
             if isinstance(m, DeroUnit):
                 changes = m.s != 1 or m.c_in > m.c_out
@@ -158,8 +158,8 @@ def test_default_style_identity_shortcuts_carry_no_batchnorm():
 
 
 def test_default_style_has_a_head_batchnorm_that_the_seed_style_lacks():
-    for name, width in (("resnet34dero", 512), ("mcunet_dero_v4", 160), ("densenet121_dero", 1024),
-                        ("resnet34plain", 512)):
+    for name, width in (("resnet34_dero", 512), ("mcunet_v4_dero", 160), ("densenet121_dero", 1024),
+                        ("resnet34_plain", 512)):
         head = get_model(name).head_norm
         assert isinstance(head, nn.BatchNorm2d) and head.num_features == width, name
         assert isinstance(get_model(name, style="seed").head_norm, nn.Identity), name

@@ -22,7 +22,7 @@ from classification.models import get_model, list_models
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "classification" / "train.py")
 ACC_RE = re.compile(r"Acc@1 ([\d.]+) Acc@5 ([\d.]+)")
-MODEL = next((m for m in ("mcunet_dero_v4", "mcunet_plain_v4") if m in list_models()), "resnet34")
+MODEL = next((m for m in ("mcunet_v4_dero", "mcunet_v4_plain") if m in list_models()), "resnet34")
 SIZES = ["--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32"]
 TIMEOUT = 300
 

@@ -19,7 +19,7 @@ from classification.data import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "classification" / "train.py")
-ARGS = ["--model", "mcunet_plain_v4", "-b", "8", "-j", "0", "--seed", "0", "--epochs", "1", "--print-freq", "1",
+ARGS = ["--model", "mcunet_v4_plain", "-b", "8", "-j", "0", "--seed", "0", "--epochs", "1", "--print-freq", "1",
         "--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32"]
 
 

@@ -83,7 +83,7 @@ def test_cls_compare_end_to_end(tmp_path):
     assert compare_cls.main(["--arch", "mcunet_v4", *argv]) == 0
     md = (out / "cls_compare.md").read_text()
     header, rows = table_rows(md)
-    assert [r[1] for r in rows] == ["mcunet_v4", "mcunet_plain_v4", "mcunet_dero_v4"]
+    assert [r[1] for r in rows] == ["mcunet_v4", "mcunet_v4_plain", "mcunet_v4_dero"]
     assert all(c and c != "n/a" for r in rows for c in r), md
     js = json.loads((out / "cls_compare.json").read_text())["archs"]["mcunet_v4"]
     assert js["ratios"]["dero/plain"]["fused_peak_bytes"] == 1.0

@@ -60,7 +60,7 @@ def test_mcu_export_imgsz_below_one(imgsz, tmp_path, capsys):
     from yolo_dero.mcu.__main__ import main
 
     out = tmp_path / "m.tflite"
-    code = main(["export", "--model", "mcunet_dero_v4", "--imgsz", imgsz, "--out", str(out)])
+    code = main(["export", "--model", "mcunet_v4_dero", "--imgsz", imgsz, "--out", str(out)])
     _one_line_error(capsys, code, f"--imgsz {imgsz}", "at least 1", "pass e.g.")
     assert not any(tmp_path.iterdir())
 
@@ -193,7 +193,7 @@ def test_classification_weights_from_detection(tmp_path, capsys):
     torch.save({"model": DeroDetectionModel("cfg/yolov5n-dero.yaml", nc=2, verbose=False).half(),
                 "train_args": {"imgsz": 64, "task": "detect"}, "epoch": -1, "optimizer": None}, det)
     code = main(["--weights", str(det), "--test-only", "--device", "cpu", "--data-path", str(data), "-j", "0",
-                 "--model", "mcunet_dero_v4", "--val-resize-size", "16", "--val-crop-size", "16",
+                 "--model", "mcunet_v4_dero", "--val-resize-size", "16", "--val-crop-size", "16",
                  "--output-dir", str(tmp_path / "out")])
     line = _one_line_error(capsys, code, str(det), "Ultralytics detection checkpoint", "val_det.py",
                            "not a classification")

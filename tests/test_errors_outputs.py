@@ -106,7 +106,7 @@ def test_memory_outputs_checked_before_work(flag, blocked, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("cmd, func, argv, flag", [
-    ("export", "_export", ["--model", "mcunet_plain_v4", "--imgsz", "32", "--out", "{B}/m.tflite"], "--out"),
+    ("export", "_export", ["--model", "mcunet_v4_plain", "--imgsz", "32", "--out", "{B}/m.tflite"], "--out"),
     ("plan", "_plan", ["{T}", "--out", "{B}/p.tflite"], "--out"),
     ("plan", "_plan", ["{T}", "--out", "{D}/p.tflite", "--json", "{B}/p.json"], "--json"),
     ("arena", "_arena", ["{T}", "--json", "{B}/a.json"], "--json"),
@@ -129,7 +129,7 @@ def test_mcu_export_out_is_a_folder(tmp_path, capsys, monkeypatch):
     import yolo_dero.mcu.__main__ as mcu
 
     monkeypatch.setattr(mcu, "_export", _no_work)
-    code = mcu.main(["export", "--model", "mcunet_plain_v4", "--imgsz", "32", "--out", str(tmp_path)])
+    code = mcu.main(["export", "--model", "mcunet_v4_plain", "--imgsz", "32", "--out", str(tmp_path)])
     _one_line_error(capsys, code, f"--out {tmp_path}: is a folder, not a file")
 
 

@@ -366,7 +366,7 @@ def test_mcu_refuses_zero_counts(tmp_path, capsys):
     from yolo_dero.mcu.__main__ import main
 
     out = tmp_path / "m.tflite"
-    cases = [(["export", "--model", "mcunet_plain_v4", "--imgsz", "32", "--out", str(out), "--num-calib", "0"],
+    cases = [(["export", "--model", "mcunet_v4_plain", "--imgsz", "32", "--out", str(out), "--num-calib", "0"],
               "--num-calib 0: needs at least 1"),
              (["plan", str(out), "--out", str(out), "--num-inputs", "0"], "--num-inputs 0: needs at least 1"),
              (["crosscheck", "--num-calib", "-2"], "--num-calib -2: needs at least 1")]

@@ -59,8 +59,8 @@ def test_fused_pool_and_foldable_units():
         assert _rel_err(linear(x16), model[1](x16)) < 1e-5
 
 
-@pytest.mark.parametrize("name,style", [("resnet34dero", "seed"), ("mcunet_dero_v4", "seed"),
-                                        ("mcunet_dero_v4", "default"), ("densenet121_dero", "default")])
+@pytest.mark.parametrize("name,style", [("resnet34_dero", "seed"), ("mcunet_v4_dero", "seed"),
+                                        ("mcunet_v4_dero", "default"), ("densenet121_dero", "default")])
 def test_fused_family_equals_unfused(name, style):
     torch.manual_seed(0)
     model = _randomize_bn(get_model(name, num_classes=10, style=style))

@@ -159,7 +159,7 @@ def test_cli_export_and_arena(tmp_path, capsys):
 
     out = tmp_path / "m.tflite"
     js = tmp_path / "a.json"
-    assert main(["export", "--model", "mcunet_plain_v4", "--imgsz", "32", "--out", str(out), "--num-calib", "1"]) == 0
+    assert main(["export", "--model", "mcunet_plain_v4", "--imgsz", "32", "--out", str(out), "--num-calib", "1"]) == 0  # a deprecated registry name: still accepted
     assert main(["arena", str(out), "--json", str(js)]) == 0
     text = capsys.readouterr().out
     assert "full-integer check passed" in text and "minimal arena" in text and "ok" in text

@@ -47,6 +47,6 @@ def test_cli_calib_choices_pass_through(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "export_tflite", fake_export)
     monkeypatch.setattr(cli, "require", lambda *a: None)
     with pytest.raises(RuntimeError, match="stop here"):
-        cli.main(["export", "--model", "mcunet_plain_v4", "--imgsz", "32", "--out", str(tmp_path / "m.tflite"),
+        cli.main(["export", "--model", "mcunet_v4_plain", "--imgsz", "32", "--out", str(tmp_path / "m.tflite"),
                   "--no-plan"])
     assert seen["calib"] == ex.cli_calibration_source(None)

@@ -176,7 +176,7 @@ def test_unknown_model_keeps_an_earlier_out(tmp_path):
 @pytest.mark.parametrize("value", ["0", "-64", "nan"])
 def test_non_positive_sram_is_refused(tmp_path, cmd, value):
     out = tmp_path / "m.tflite"
-    argv = (["export", "--model", "mcunet_plain_v4", "--imgsz", "32", "--out", str(out)] if cmd == "export"
+    argv = (["export", "--model", "mcunet_v4_plain", "--imgsz", "32", "--out", str(out)] if cmd == "export"
             else ["arena", str(out)]) + [f"--sram-kb={value}"]
     rc, _, err = _run(argv)
     assert rc == 2
@@ -186,6 +186,6 @@ def test_non_positive_sram_is_refused(tmp_path, cmd, value):
 
 def test_no_plan_with_plan_options_is_refused(tmp_path):
     for extra in (["--keep-unplanned"], ["--plan"], ["--no-inplace"]):
-        rc, _, err = _run(["export", "--model", "mcunet_plain_v4", "--imgsz", "32", "--out", str(tmp_path / "m.tflite"),
+        rc, _, err = _run(["export", "--model", "mcunet_v4_plain", "--imgsz", "32", "--out", str(tmp_path / "m.tflite"),
                            "--no-plan", *extra])
         assert rc == 2 and extra[0] in err

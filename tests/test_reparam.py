@@ -82,8 +82,8 @@ def test_units_that_cannot_fold_say_why():
         reparameterize(nn.Sequential(DeroPool(8)))
 
 
-FAMILIES = [("resnet34dero", "resnet34plain", 32), ("resnet50dero", "resnet50plain", 32),
-            ("mcunet_dero_v4", "mcunet_plain_v4", 48), ("densenet121_dero", "densenet121_plain", 32)]
+FAMILIES = [("resnet34_dero", "resnet34_plain", 32), ("resnet50_dero", "resnet50_plain", 32),
+            ("mcunet_v4_dero", "mcunet_v4_plain", 48), ("densenet121_dero", "densenet121_plain", 32)]
 
 
 def _conv_shapes(model: nn.Module):
@@ -107,7 +107,7 @@ def test_reparameterized_family_equals_unfused_and_is_the_plain_network(dero_nam
 
 
 def test_rep_style_keeps_pools_plain_and_acts_after_the_add():
-    model = get_model("resnet34dero", num_classes=10, style="rep")
+    model = get_model("resnet34_dero", num_classes=10, style="rep")
     assert model.stem.pool.shortcut is None
     assert all(u.act_after_add and u.shortcut is not None for u in model.modules() if isinstance(u, DeroUnit))
 
@@ -141,7 +141,7 @@ def test_repvgg_unit_folds_exactly(case):
         assert _rel_err(unit(x), fold_unit(unit)(x)) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["resnet34dero", "mcunet_dero_v4"])
+@pytest.mark.parametrize("name", ["resnet34_dero", "mcunet_v4_dero"])
 def test_repvgg_twin_folds_into_the_plain_network(name):
     torch.manual_seed(0)
     model = _randomize_bn(get_model(name, num_classes=10, style="repvgg"))
@@ -156,7 +156,7 @@ def test_repvgg_twin_folds_into_the_plain_network(name):
 def test_branch_gain_zero_starts_units_as_their_shortcut():
     from yolo_dero.nn import get_style
 
-    model = get_model("resnet34dero", num_classes=10, style=get_style("rep", branch_gain=0.0))
+    model = get_model("resnet34_dero", num_classes=10, style=get_style("rep", branch_gain=0.0))
     units = [m for m in model.modules() if isinstance(m, DeroUnit) and m.shortcut is not None]
     assert units and all(float(u.bn.weight.detach().abs().max()) == 0.0 for u in units)
     unit = units[1].eval()  # an identity unit: y = relu(0 + x) = x for x >= 0

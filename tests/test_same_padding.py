@@ -39,8 +39,8 @@ def test_unit_pads_like_same_and_its_shortcut_reads_the_same_window():
         assert torch.allclose(dero(x), torch.relu(branch + sc), atol=1e-5)
 
 
-@pytest.mark.parametrize("name,style", [("mcunet_dero_v4", "rep"), ("densenet121_dero", "rep"),
-                                        ("resnet34dero", "seed"), ("resnet34dero", "rep"), ("mcunet_v4", None),
+@pytest.mark.parametrize("name,style", [("mcunet_v4_dero", "rep"), ("densenet121_dero", "rep"),
+                                        ("resnet34_dero", "seed"), ("resnet34_dero", "rep"), ("mcunet_v4", None),
                                         ("resnet34", None)])
 def test_same_padded_models_keep_shapes_and_fold_or_fuse_exactly(name, style):
     torch.manual_seed(0)

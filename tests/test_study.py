@@ -17,7 +17,7 @@ from yolo_dero import study
 
 
 def _args(data: Path, out: Path, *extra) -> list:
-    return ["--model", "mcunet_dero_v4", "--data-path", str(data), "--output-dir", str(out), "-b", "8", "-j", "0",
+    return ["--model", "mcunet_v4_dero", "--data-path", str(data), "--output-dir", str(out), "-b", "8", "-j", "0",
             "--seed", "0", "--print-freq", "1000", "--train-crop-size", "32", "--val-resize-size", "32",
             "--val-crop-size", "32", "--lr", "0.01", *map(str, extra)]
 

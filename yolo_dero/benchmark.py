@@ -1,7 +1,9 @@
-"""Helpers shared by the comparison benchmarks (:mod:`yolo_dero.compare`, :mod:`yolo_dero.compare_cls`).
+"""The benchmark library shared by the comparison tools (:mod:`yolo_dero.compare`, :mod:`yolo_dero.compare_cls`,
+:mod:`yolo_dero.report`, the ``yolo_dero.mcu`` reports); the tools are entry points and import from here.
 
-Ratios, number formatting, markdown tables, writing the ``.json``/``.md`` pair, the environment block,
-and the peak-memory figures of one model under both engines. Torch-only (no Ultralytics import).
+Ratios (one helper for every ratio table), number formatting, markdown tables, writing the ``.json``/``.md`` pair,
+the environment block, interleaved CPU latency, and the peak-memory figures of one model under both engines.
+Torch-only (no Ultralytics import), torch imported on first use.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-VARIANTS = ("original", "plain", "dero")
+from classification.catalog import VARIANTS  # noqa: F401  (re-exported: the variants every benchmark compares)
+
 MISSING = "n/a"
 
 
@@ -27,11 +30,21 @@ SPEED_MEMORY_RATIO_KEYS = [
 ]
 
 
-def ratio(a: Optional[float], b: Optional[float], digits: int = 3) -> Optional[float]:
-    """``a / b`` rounded, or None when either is unknown or ``b`` is zero."""
+def ratio(a: Optional[float], b: Optional[float], digits: Optional[int] = 3) -> Optional[float]:
+    """``a / b`` rounded to ``digits`` (None: not rounded), or None when either is unknown or ``b`` is zero."""
     if a is None or b is None or b == 0:
         return None
-    return round(float(a) / float(b), digits)
+    q = float(a) / float(b)
+    return q if digits is None else round(q, digits)
+
+
+def metric(row: Mapping[str, Any], key: str) -> Any:
+    """``row[key]``, a dotted ``key`` reaching into nested dicts (``"fused.peak_bytes"``); None when absent."""
+    for part in key.split("."):
+        if not isinstance(row, Mapping) or part not in row:
+            return None
+        row = row[part]
+    return row
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -70,40 +83,65 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits
     return "\n".join(lines)
 
 
-def ratio_rows(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[tuple],
-               pairs: Sequence[tuple] = (("dero", "plain"), ("dero", "original"))) -> List[List[Any]]:
-    """Rows ``[metric, goal, dero/plain, dero/original]`` for the metrics ``keys`` = ``(key, title, goal)``."""
-    out = []
-    for key, title, goal in keys:
-        line: List[Any] = [title, goal]
-        for a, b in pairs:
-            ra, rb = rows.get(a, {}), rows.get(b, {})
-            line.append(ratio(ra.get(key), rb.get(key)))
-        out.append(line)
-    return out
+DEFAULT_PAIRS = (("dero", "plain"), ("dero", "original"))
 
 
-def ratios(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str],
-           pairs: Sequence[tuple] = (("dero", "plain"), ("dero", "original"))) -> Dict[str, Dict[str, Optional[float]]]:
-    """``{"dero/plain": {key: ratio}, "dero/original": {...}}`` for the JSON file."""
-    return {f"{a}/{b}": {k: ratio(rows.get(a, {}).get(k), rows.get(b, {}).get(k)) for k in keys}
+def ratios(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str], pairs: Sequence[tuple] = DEFAULT_PAIRS,
+           digits: Optional[int] = 3) -> Dict[str, Dict[str, Optional[float]]]:
+    """The one ratio table of the benchmarks: ``{"a/b": {key: rows[a][key] / rows[b][key]}}`` for every pair of
+    variants ``(a, b)`` and metric ``key`` (dotted for nested dicts, see :func:`metric`); None where a row or a
+    value is missing or the denominator is zero."""
+    return {f"{a}/{b}": {k: ratio(metric(rows.get(a, {}), k), metric(rows.get(b, {}), k), digits) for k in keys}
             for a, b in pairs}
+
+
+def ratio_rows(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[tuple],
+               pairs: Sequence[tuple] = DEFAULT_PAIRS) -> List[List[Any]]:
+    """Rows ``[metric, goal, dero/plain, dero/original]`` for the metrics ``keys`` = ``(key, title, goal)``."""
+    table = ratios(rows, [k for k, _, _ in keys], pairs)
+    return [[title, goal] + [table[f"{a}/{b}"][key] for a, b in pairs] for key, title, goal in keys]
+
+
+def cpu_name(default: Optional[str] = None) -> str:
+    """The CPU's model name from /proc/cpuinfo, else ``default`` (platform's processor or machine)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default if default is not None else (platform.processor() or platform.machine())
 
 
 def environment() -> Dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "cpu": cpu, "cpus": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "cpu": cpu_name(), "cpus": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "loadavg_1min_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+
+
+def time_interleaved(models: Mapping[str, Any], shape, repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """Median seconds per forward of each model (eval mode, ``torch.no_grad``, one fixed random input of ``shape``),
+    the models timed in turn within every repeat so that a burst of load hits them alike."""
+    import statistics
+    import time
+
+    import torch
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    times: Dict[str, List[float]] = {k: [] for k in models}
+    with torch.no_grad():
+        for m in models.values():
+            m.eval()
+            for _ in range(warmup):
+                m(x)
+        for _ in range(repeats):
+            for k, m in models.items():
+                t0 = time.perf_counter()
+                m(x)
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def memory_figures(model, imgsz: int) -> Dict[str, Optional[int]]:

@@ -11,7 +11,7 @@ writes ``<out>/det_compare.json`` and ``<out>/det_compare.md`` with
 * training images/s: images seen / pure training time, the time between Ultralytics' ``on_train_epoch_start``
   and ``on_train_epoch_end`` callbacks summed over epochs (validation and checkpointing excluded);
 * CPU latency, batch 1, float32, eval mode, BatchNorm not folded (as ``yolo_dero.report``): the median of the
-  three models timed interleaved in this process (:func:`yolo_dero.report.time_interleaved`);
+  three models timed interleaved in this process (:func:`yolo_dero.benchmark.time_interleaved`);
 * peak activation memory (int8, batch 1) under the ``fused`` and ``tflm`` engines, whole network and body;
 * ratios DERO/plain and DERO/original;
 
@@ -32,7 +32,8 @@ from .ultra import DeroYOLO  # sets up offline Ultralytics first
 from .ultra.cli import QUICK
 from .ultra.evaluate import evaluate_detector
 from .ultra.model import gflops
-from .benchmark import SPEED_MEMORY_RATIO_KEYS, VARIANTS, environment, fmt, small_png, throughput, kib, markdown_table, memory_figures, ratio_rows, ratios, write_results
+from .benchmark import (SPEED_MEMORY_RATIO_KEYS, VARIANTS, environment, fmt, small_png, throughput, kib, markdown_table,
+                        memory_figures, ratio_rows, ratios, time_interleaved, write_results)
 from .fileutil import outputs_problem
 from .paths import REPO_ROOT
 
@@ -103,8 +104,6 @@ def load_float(weights: str):
 
 
 def run(args) -> Dict[str, Any]:
-    from .report import time_interleaved
-
     project = Path(args.project).resolve()
     rows: Dict[str, Dict[str, Any]] = {}
     for v in args.variants:
@@ -144,7 +143,7 @@ def run(args) -> Dict[str, Any]:
 
 def to_markdown(r: Dict[str, Any]) -> str:
     b, rows = r["budget"], r["rows"]
-    lines = [f"# Detection comparison: YOLOv5n original vs plain vs DERO", "",
+    lines = ["# Detection comparison: YOLOv5n original vs plain vs DERO", "",
              f"`{r['command']}`", "",
              f"Same budget and seed for all three: data `{b['data']}`, {b['epochs']} epochs, imgsz {b['imgsz']}, "
              f"batch {b['batch']}, seed {b['seed']}, {b['optimizer']} lr0 {b['lr0']}, warmup {b['warmup_epochs']}, "

@@ -6,7 +6,7 @@
 Each variant is trained by ``classification.train.run(args)`` (same seed, same budget, the args built by its
 own parser), whose returned history gives the pure training time per epoch and the final top-1. Then it measures, for the three trained models:
 
-* CPU latency, batch 1, float32, eval mode, the three timed interleaved (:func:`yolo_dero.report.time_interleaved`),
+* CPU latency, batch 1, float32, eval mode, the three timed interleaved (:func:`yolo_dero.benchmark.time_interleaved`),
   at ``--eval-imgsz`` (default: the architecture's native input size, 224 or 176 for MCUNet);
 * peak activation memory (int8, batch 1, engines ``fused`` and ``tflm``, whole and body) at ``--eval-imgsz``;
 
@@ -25,28 +25,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .benchmark import SPEED_MEMORY_RATIO_KEYS, VARIANTS, environment, fmt, throughput, kib, markdown_table, memory_figures, ratio_rows, ratios, write_results
+from classification.catalog import CATALOG, VARIANTS, variant_names
+
+from .benchmark import (SPEED_MEMORY_RATIO_KEYS, environment, fmt, throughput, kib, markdown_table, memory_figures,
+                        ratio_rows, ratios, time_interleaved, write_results)
 from .fileutil import outputs_problem
 from .paths import REPO_ROOT
 
-ARCHS = {"resnet34": ("resnet34", 224), "resnet50": ("resnet50", 224), "mcunet_v4": ("mcunet_v4", 176),
-         "densenet121": ("densenet121", 224)}
+ARCHS = CATALOG  # architecture -> title, native input size, registry names of its variants
 RATIO_KEYS = [
     ("acc1", "top-1", "higher is better"),
     ("params", "parameters", ""),
 ] + SPEED_MEMORY_RATIO_KEYS
-
-
-def variant_names(arch: str) -> Dict[str, str]:
-    from .memory.loading import registry_names
-    from .report import registry_variant
-
-    names = registry_names()
-    out = {v: registry_variant(ARCHS[arch][0], v, names) for v in VARIANTS}
-    missing = [v for v, n in out.items() if n is None]
-    if missing:
-        raise SystemExit(f"error: no registry model for {arch} {missing} (registry: {', '.join(names)})")
-    return out
 
 
 def train_argv(model_name: str, args, out_dir: Path) -> List[str]:
@@ -89,10 +79,8 @@ def load_trained(model_name: str, checkpoint: str) -> torch.nn.Module:
 
 
 def run(args) -> Dict[str, Any]:
-    from .report import time_interleaved
-
     names = variant_names(args.arch)
-    eval_imgsz = args.eval_imgsz or ARCHS[args.arch][1]
+    eval_imgsz = args.eval_imgsz or ARCHS[args.arch].imgsz
     rows: Dict[str, Dict[str, Any]] = {}
     for v in VARIANTS:
         rows[v] = train_variant(v, names[v], args)

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,62 +24,30 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from classification.catalog import CATALOG, variant_names
+
+from .benchmark import cpu_name, ratios, time_interleaved
 from .fileutil import outputs_problem
 from .memory import analyze_engines
-from .memory.loading import load_model, registry_names
+from .memory.loading import load_model
 from .paths import REPO_ROOT
 
-VARIANTS = ("original", "plain", "dero")
-
-#: architecture -> (display name, registry base name or YAML per variant, image sizes)
+#: architecture -> (display name, catalogue architecture or YAML per variant, image sizes)
 ARCHS: Dict[str, Dict] = {
-    "resnet34": {"title": "ResNet34", "base": "resnet34", "imgsz": [224]},
-    "resnet50": {"title": "ResNet50", "base": "resnet50", "imgsz": [224]},
-    "mcunet": {"title": "MCUNet-v4", "base": "mcunet_v4", "imgsz": [176]},
-    "densenet121": {"title": "DenseNet121", "base": "densenet121", "imgsz": [224]},
+    **{key: {"title": CATALOG[arch].title, "arch": arch, "imgsz": [CATALOG[arch].imgsz]}
+       for key, arch in (("resnet34", "resnet34"), ("resnet50", "resnet50"), ("mcunet", "mcunet_v4"),
+                         ("densenet121", "densenet121"))},
     "yolov5n": {"title": "YOLOv5n", "yaml": {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml",
                                               "dero": "cfg/yolov5n-dero.yaml"}, "imgsz": [640, 320]},
 }
 
 
-def _norm(s: str) -> str:
-    return s.replace("_", "").replace("-", "").lower()
-
-
-def registry_variant(base: str, variant: str, names: Sequence[str]) -> Optional[str]:
-    """The registry name of ``variant`` of ``base``: ``resnet34dero``, ``mcunet_dero_v4``, ``densenet121_plain``..."""
-    if variant == "original":
-        return base if base in names else None
-    for n in sorted(names):
-        nn_ = _norm(n)
-        if variant in nn_ and nn_.replace(variant, "", 1) == _norm(base):
-            return n
-    return None
-
-
 def variant_specs(arch: str) -> Dict[str, Optional[str]]:
+    """``{variant: model spec}`` of a report architecture; a spec is None when the model is not available."""
     cfg = ARCHS[arch]
     if "yaml" in cfg:
         return {v: (p if (REPO_ROOT / p).is_file() else None) for v, p in cfg["yaml"].items()}
-    names = registry_names()
-    return {v: registry_variant(cfg["base"], v, names) for v in VARIANTS}
-
-
-def time_interleaved(models: Dict[str, torch.nn.Module], shape, repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """Median seconds per forward of each model, the models timed in turn within every repeat."""
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    times: Dict[str, List[float]] = {k: [] for k in models}
-    with torch.no_grad():
-        for m in models.values():
-            m.eval()
-            for _ in range(warmup):
-                m(x)
-        for _ in range(repeats):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return variant_names(cfg["arch"])
 
 
 def measure(archs: Sequence[str], repeats: int = 15, latency: bool = True, plot_arch: Optional[str] = None,
@@ -136,26 +103,17 @@ def measure(archs: Sequence[str], repeats: int = 15, latency: bool = True, plot_
         "rows": rows, "missing": missing, "repeats": repeats if latency else 0,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "python": platform.python_version(), "machine": platform.machine(),
-                        "processor": _cpu_name(), "cpus": os.cpu_count()},
+                        "processor": cpu_name(platform.processor() or "unknown"), "cpus": os.cpu_count()},
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _k(b: Optional[int]) -> str:
     return "-" if b is None else f"{b / 1024:.1f}"
 
 
-def _ratio(a, b) -> str:
-    return "-" if a is None or b in (None, 0) else f"{a / b:.2f}"
+#: the metrics of the ratio table, in column order (dotted keys reach into the engine results)
+REPORT_RATIO_KEYS = ("params", "macs", "fused.peak_bytes", "fused.body_peak_bytes", "tflm.peak_bytes",
+                     "tflm.body_peak_bytes", "tflm.arena_bytes", "latency_ms")
 
 
 def to_markdown(report: Dict) -> str:
@@ -188,21 +146,14 @@ def to_markdown(report: Dict) -> str:
     for r in rows:
         groups.setdefault((r["title"], r["imgsz"]), {})[r["variant"]] = r
     for (title, size), g in groups.items():
-        p = g.get("plain")
-        if p is None:
+        if g.get("plain") is None:
             continue
+        table = ratios(g, REPORT_RATIO_KEYS, pairs=(("dero", "plain"), ("original", "plain")), digits=None)
         for v, label in (("dero", "DERO/plain"), ("original", "original/plain")):
-            r = g.get(v)
-            if r is None:
+            if v not in g:
                 continue
-            out.append(
-                f"| {title} | {size} | {label} | {_ratio(r['params'], p['params'])} | {_ratio(r['macs'], p['macs'])} | "
-                f"{_ratio(r['fused']['peak_bytes'], p['fused']['peak_bytes'])} | "
-                f"{_ratio(r['fused']['body_peak_bytes'], p['fused']['body_peak_bytes'])} | "
-                f"{_ratio(r['tflm']['peak_bytes'], p['tflm']['peak_bytes'])} | "
-                f"{_ratio(r['tflm']['body_peak_bytes'], p['tflm']['body_peak_bytes'])} | "
-                f"{_ratio(r['tflm']['arena_bytes'], p['tflm']['arena_bytes'])} | "
-                f"{_ratio(r.get('latency_ms'), p.get('latency_ms'))} |")
+            out.append(f"| {title} | {size} | {label} | "
+                       + " | ".join("-" if x is None else f"{x:.2f}" for x in table[f"{v}/plain"].values()) + " |")
     out += ["", "## Stage peaks (fused engine, KiB)", ""]
     for (title, size), g in groups.items():
         stages: List[str] = []

@@ -24,19 +24,16 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from classification.catalog import CATALOG, variant_names
+
 from .fileutil import outputs_problem
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, shipped
 
 DEFAULT_OUT = REPO_ROOT / "results" / "study"
 DEFAULT_RUNS = REPO_ROOT / "runs" / "study"
 
-# classification arms: arch -> arm -> (registry model, train.py options of the arm)
-CLS_ARCHS = {
-    "resnet34": {"original": "resnet34", "plain": "resnet34plain", "dero": "resnet34dero"},
-    "mcunet_v4": {"original": "mcunet_v4", "plain": "mcunet_plain_v4", "dero": "mcunet_dero_v4"},
-    "resnet50": {"original": "resnet50", "plain": "resnet50plain", "dero": "resnet50dero"},
-    "densenet121": {"original": "densenet121", "plain": "densenet121_plain", "dero": "densenet121_dero"},
-}
+# classification architectures: arch -> variant -> registry model (the zoo's one catalogue)
+CLS_ARCHS = {arch: variant_names(arch) for arch in CATALOG}
 # arm -> (variant, extra train.py options); "kd" arms distil from the same seed's trained original. Arms named after
 # a style ("dero-headnorm", "dero-identity") keep their meaning when the default style changes; "dero" is the default.
 CLS_ARMS: Dict[str, tuple] = {
@@ -373,7 +370,7 @@ def latency_models(arch: str) -> Dict[str, Any]:
 
         models = {}
         for arm, (yaml, fuse) in YOLO_LATENCY_YAMLS.items():
-            m = DeroDetectionModel(str(REPO_ROOT / "cfg" / yaml), nc=3, verbose=False).eval()
+            m = DeroDetectionModel(str(shipped("cfg") / yaml), nc=3, verbose=False).eval()
             models[arm] = m.fuse(verbose=False) if fuse else m
         return models
     from classification.models import get_model

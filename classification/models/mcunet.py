@@ -148,12 +148,17 @@ def mcunet_v4(num_classes: int = 1000):
 
 
 @register_model()
-def mcunet_dero_v4(num_classes: int = 1000, style=None):
+def mcunet_v4_dero(num_classes: int = 1000, style=None):
     """MCUNet v4 with every operator a DERO unit and no block-level adds (``style``: see :class:`DeroStyle`)."""
     return _dero_mcunet(num_classes, shortcut=True, style=style)
 
 
 @register_model()
-def mcunet_plain_v4(num_classes: int = 1000, style=None):
+def mcunet_v4_plain(num_classes: int = 1000, style=None):
     """Plain twin of MCUNet-DERO v4: the same units with no shortcuts (``style`` sets their norm and the head norm)."""
     return _dero_mcunet(num_classes, shortcut=False, style=style)
+
+
+# the functions' former names (the registry's deprecated names resolve in classification.models._registry)
+mcunet_dero_v4 = mcunet_v4_dero
+mcunet_plain_v4 = mcunet_v4_plain

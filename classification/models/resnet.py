@@ -143,28 +143,35 @@ class DeroResNet(nn.Module):
 
 
 @register_model()
-def resnet34dero(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
+def resnet34_dero(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
     """ResNet34 with every operator a DERO unit."""
     return DeroResNet(DeroBasicBlock, [3, 4, 6, 3], num_classes, shortcut=True,
                       drop_path_rate=drop_path_rate, style=style)
 
 
 @register_model()
-def resnet34plain(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
+def resnet34_plain(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
     """Plain twin of ResNet34-DERO: the same units with no shortcuts (``drop_path_rate`` must stay 0)."""
     return DeroResNet(DeroBasicBlock, [3, 4, 6, 3], num_classes, shortcut=False,
                       drop_path_rate=drop_path_rate, style=style)
 
 
 @register_model()
-def resnet50dero(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
+def resnet50_dero(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
     """ResNet50 with every operator a DERO unit."""
     return DeroResNet(DeroBottleneck, [3, 4, 6, 3], num_classes, shortcut=True,
                       drop_path_rate=drop_path_rate, style=style)
 
 
 @register_model()
-def resnet50plain(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
+def resnet50_plain(num_classes: int = 1000, drop_path_rate: float = 0.0, style=None):
     """Plain twin of ResNet50-DERO: the same units with no shortcuts (``drop_path_rate`` must stay 0)."""
     return DeroResNet(DeroBottleneck, [3, 4, 6, 3], num_classes, shortcut=False,
                       drop_path_rate=drop_path_rate, style=style)
+
+
+# the functions' former names (the registry's deprecated names resolve in classification.models._registry)
+resnet34dero = resnet34_dero
+resnet34plain = resnet34_plain
+resnet50dero = resnet50_dero
+resnet50plain = resnet50_plain

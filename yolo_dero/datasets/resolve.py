@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..fileutil import yaml_problem
-from ..paths import REPO_ROOT, cache_dir
+from ..paths import REPO_ROOT, cache_dir, shipped
 
 IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm", "heic"}
 PROJECT_KEYS = ("builtin", "cache_name", "n_train", "n_val", "imgsz", "seed", "path_env")
@@ -49,9 +49,12 @@ def find_data_yaml(data: str | Path) -> Path:
     ``shapes``) is also looked up in ``<repo>/data``. A path with folders that does not exist is an error, never a
     silent fall-back to the project's own copy of a file with the same name."""
     p = Path(data).expanduser()
+    own = shipped("data")  # <repo>/data, or the package data of an installed wheel
     cands = [p] if p.is_absolute() else [p, REPO_ROOT / p]
     if len(p.parts) == 1:
-        cands += [REPO_ROOT / "data" / p.name] + ([REPO_ROOT / "data" / f"{p.name}.yaml"] if not p.suffix else [])
+        cands += [own / p.name] + ([own / f"{p.name}.yaml"] if not p.suffix else [])
+    elif p.parent == Path("data"):  # data/shapes.yaml: the project's own file, also where no checkout is around it
+        cands += [own / p.name]
     for c in cands:
         if c.is_file():
             return c.resolve()
@@ -61,7 +64,7 @@ def find_data_yaml(data: str | Path) -> Path:
         raise DatasetError(f"data '{data}' is a folder{where}, not a data YAML: pass a data YAML with "
                            f"--data (e.g. data/shapes.yaml, or one whose 'path:' is this folder) and the dataset "
                            f"folder with --data-path")
-    raise DatasetError(f"data YAML not found: '{data}' (looked in {Path.cwd()}, {REPO_ROOT}, {REPO_ROOT / 'data'})")
+    raise DatasetError(f"data YAML not found: '{data}' (looked in {Path.cwd()}, {REPO_ROOT}, {own})")
 
 
 def _names(d: dict) -> dict:

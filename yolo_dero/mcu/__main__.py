@@ -1,6 +1,6 @@
 """``python -m yolo_dero.mcu {export,arena,crosscheck}`` (see docs/deployment.md).
 
-    python -m yolo_dero.mcu export --model mcunet_dero_v4 --imgsz 96 --out m.tflite [--calib DIR|YAML|synthetic] [--num-calib 8]
+    python -m yolo_dero.mcu export --model mcunet_v4_dero --imgsz 96 --out m.tflite [--calib DIR|YAML|synthetic] [--num-calib 8]
         [--no-plan | --keep-unplanned] [--no-inplace] [--num-inputs 3] [--sram-kb 256]
     python -m yolo_dero.mcu arena m.tflite [--json arena.json] [--sram-kb 256]
     python -m yolo_dero.mcu crosscheck [--only MCUNet-v4 toy_plain_chain ...]

@@ -31,6 +31,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from classification.catalog import CATALOG, variant_names
+
+from ..benchmark import ratios
 from ..memory import analyze, input_channels
 from ..memory.loading import load_model
 from ..nn import DeroUnit
@@ -84,12 +87,8 @@ def toy_models() -> "OrderedDict[str, Callable[[], nn.Module]]":
 #: (row label, model spec for the loader or a toy name, imgsz, family, variant)
 DEFAULT_CASES: List[Tuple[str, str, int, str, str]] = [
     *[(n, n, 32, "toy", n.split("_", 1)[1]) for n in toy_models()],
-    ("mcunet_v4", "mcunet_v4", 96, "MCUNet-v4", "original"),
-    ("mcunet_plain_v4", "mcunet_plain_v4", 96, "MCUNet-v4", "plain"),
-    ("mcunet_dero_v4", "mcunet_dero_v4", 96, "MCUNet-v4", "dero"),
-    ("resnet34", "resnet34", 64, "ResNet34", "original"),
-    ("resnet34plain", "resnet34plain", 64, "ResNet34", "plain"),
-    ("resnet34dero", "resnet34dero", 64, "ResNet34", "dero"),
+    *[(name, name, size, CATALOG[arch].title, variant)  # the zoo's three variants, labelled by registry name
+      for arch, size in (("mcunet_v4", 96), ("resnet34", 64)) for variant, name in variant_names(arch).items()],
     ("yolov5n", "cfg/yolov5n.yaml", 128, "YOLOv5n", "original"),
     ("yolov5n-plain", "cfg/yolov5n-plain.yaml", 128, "YOLOv5n", "plain"),
     ("yolov5n-dero", "cfg/yolov5n-dero.yaml", 128, "YOLOv5n", "dero"),
@@ -184,6 +183,11 @@ def run_case(label: str, spec: str, imgsz: int, workdir: Path, num_calib: int = 
     return row
 
 
+#: (row key, name in the ratio record) of :func:`variant_ratios`
+VARIANT_RATIO_KEYS = (("tflm_head", "head"), ("tflm_min_arena", "min arena"), ("analyzer_tflm_arena", "analyzer tflm"),
+                      ("analyzer_fused_peak", "analyzer fused"))
+
+
 def variant_ratios(rows: Sequence[Dict[str, Any]], cases: Sequence[Tuple[str, str, int, str, str]]
                    ) -> List[Dict[str, Any]]:
     """Per family: measured DERO/plain and original/plain (head and minimal arena) and the analyzer's."""
@@ -198,12 +202,9 @@ def variant_ratios(rows: Sequence[Dict[str, Any]], cases: Sequence[Tuple[str, st
         if not plain:
             continue
         d: Dict[str, Any] = {"family": family, "imgsz": plain["imgsz"]}
-        for var in ("dero", "original"):
-            if var in v:
-                d[f"{var}/plain head"] = round(v[var]["tflm_head"] / plain["tflm_head"], 3)
-                d[f"{var}/plain min arena"] = round(v[var]["tflm_min_arena"] / plain["tflm_min_arena"], 3)
-                d[f"{var}/plain analyzer tflm"] = round(v[var]["analyzer_tflm_arena"] / plain["analyzer_tflm_arena"], 3)
-                d[f"{var}/plain analyzer fused"] = round(v[var]["analyzer_fused_peak"] / plain["analyzer_fused_peak"], 3)
+        pairs = [(var, "plain") for var in ("dero", "original") if var in v]
+        for pair, table in ratios(v, [k for k, _ in VARIANT_RATIO_KEYS], pairs).items():
+            d.update({f"{pair} {name}": table[k] for k, name in VARIANT_RATIO_KEYS})
         out.append(d)
     return out
 
@@ -418,14 +419,19 @@ the plan report" (written from an earlier run of this table; the table above is 
 # reparam-report: the re-parameterizable DERO form on TFLM
 
 
+def _reparam_specs(arch: str) -> Dict[str, str]:
+    """The reparam-report rows of a zoo architecture: ``{row variant: model spec}`` (a style after the colon)."""
+    n = variant_names(arch)
+    return {"original": n["original"], "plain (rep)": f"{n['plain']}:rep", "DERO rep, folded": f"{n['dero']}:rep",
+            "DERO default": n["dero"]}
+
+
 #: (family, input size, {variant: model spec}); the plain twin is the reference every variant is compared with
 REPARAM_CASES: List[Tuple[str, int, Dict[str, str]]] = [
     (family, size, specs)
     for family, sizes, specs in [
-        ("MCUNet-v4", (96, 176), {"original": "mcunet_v4", "plain (rep)": "mcunet_plain_v4:rep",
-                                  "DERO rep, folded": "mcunet_dero_v4:rep", "DERO default": "mcunet_dero_v4"}),
-        ("ResNet34", (64,), {"original": "resnet34", "plain (rep)": "resnet34plain:rep",
-                             "DERO rep, folded": "resnet34dero:rep", "DERO default": "resnet34dero"}),
+        *[(CATALOG[arch].title, sizes, _reparam_specs(arch)) for arch, sizes in (("mcunet_v4", (96, 176)),
+                                                                                  ("resnet34", (64,)))],
         ("YOLOv5n", (128,), {"original": "cfg/yolov5n.yaml", "plain (rep)": "cfg/yolov5n-plain-rep.yaml",
                              "DERO rep, folded": "cfg/yolov5n-dero-rep.yaml", "DERO default": "cfg/yolov5n-dero.yaml"}),
     ]

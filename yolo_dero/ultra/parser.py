@@ -38,7 +38,7 @@ from torch import nn
 
 from ..fileutil import yaml_problem
 from ..nn.yolo_blocks import DeroC3, DeroC3Seed, DeroConv, DeroSPPF
-from ..paths import REPO_ROOT
+from ..paths import REPO_ROOT, shipped
 
 
 
@@ -76,13 +76,14 @@ def guess_scale(path: str | Path) -> str:
 
 
 def resolve_model_yaml(path: str | Path) -> Path:
-    """Find a model YAML: as given (relative to cwd), else relative to the repository, else in ``<repo>/cfg``."""
+    """Find a model YAML: as given (relative to cwd), else relative to the repository, else by name among the
+    project's model YAMLs (``<repo>/cfg``, or an installed wheel's package data: :func:`~yolo_dero.paths.shipped`)."""
     p = Path(path).expanduser()
-    for cand in (p, REPO_ROOT / p, REPO_ROOT / "cfg" / p.name):
+    cfg = shipped("cfg")
+    for cand in (p, REPO_ROOT / p, cfg / p.name):
         if cand.is_file():
             return cand.resolve()
-    raise FileNotFoundError(f"model YAML not found: '{path}' (looked in {Path.cwd()}, {REPO_ROOT} and "
-                            f"{REPO_ROOT / 'cfg'})")
+    raise FileNotFoundError(f"model YAML not found: '{path}' (looked in {Path.cwd()}, {REPO_ROOT} and {cfg})")
 
 
 def load_model_yaml(path: str | Path) -> dict[str, Any]:
