@@ -239,7 +239,7 @@ def test_registry_dero_equals_plain_and_original_body_is_larger(orig, plain, der
 
 
 def _yaml_model(name):
-    from yolo_dero.memory.loading import REPO_ROOT, load_model
+    from yolo_dero.catalog import REPO_ROOT, load_model
 
     if not (REPO_ROOT / "cfg" / name).is_file():
         pytest.skip(f"cfg/{name} not present")

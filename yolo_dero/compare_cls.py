@@ -38,7 +38,7 @@ RATIO_KEYS = [
 
 
 def variant_names(arch: str) -> Dict[str, str]:
-    from .memory.loading import registry_names
+    from .catalog import registry_names
     from .report import registry_variant
 
     names = registry_names()

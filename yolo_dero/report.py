@@ -25,9 +25,10 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .catalog import load_model, registry_names
 from .fileutil import outputs_problem
 from .memory import analyze_engines
-from .memory.loading import load_model, registry_names
+from .memory.plot import plot_profiles
 from .paths import REPO_ROOT
 
 VARIANTS = ("original", "plain", "dero")
@@ -126,8 +127,6 @@ def measure(archs: Sequence[str], repeats: int = 15, latency: bool = True, plot_
                 log(f"{cfg['title']:<12} {size:>4} latency (median of {repeats}): "
                     + ", ".join(f"{v} {lat[v] * 1000:.1f} ms" for v in lat))
             if plot_results and plot_path is not None:
-                from .memory.plot import plot_profiles
-
                 # profile dicts lose the MemoryResult; re-plot from the fused results kept above
                 plot_profiles(plot_results, plot_path,
                               title=f"{cfg['title']} at {size}: fused engine, int8 (plain and DERO coincide)")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..fileutil import outputs_problem
 from ..memory import input_channels
-from ..memory.loading import load_model
+from ..catalog import load_model
 from ..paths import REPO_ROOT
 from .arena import measure_arena
 from .export import cli_calibration_source, export_tflite

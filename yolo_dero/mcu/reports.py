@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..memory import analyze, input_channels
-from ..memory.loading import load_model
+from ..catalog import load_model
 from ..nn import DeroUnit
 from .arena import measure_arena
 from .export import deployable, export_tflite, is_detection_model, lower_for_export
