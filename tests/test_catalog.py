@@ -69,7 +69,7 @@ def test_deprecated_name_cannot_be_registered_again():
 
 
 def test_old_spec_with_style_still_loads():
-    from yolo_dero.memory.loading import load_model
+    from yolo_dero.catalog import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

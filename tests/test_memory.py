@@ -239,7 +239,7 @@ def test_registry_dero_equals_plain_and_original_body_is_larger(orig, plain, der
 
 
 def _yaml_model(name):
-    from yolo_dero.memory.loading import REPO_ROOT, load_model
+    from yolo_dero.catalog import REPO_ROOT, load_model
 
     if not (REPO_ROOT / "cfg" / name).is_file():
         pytest.skip(f"cfg/{name} not present")
@@ -275,3 +275,80 @@ def test_cli_json_and_errors(tmp_path, capsys):
     assert "unknown model" in err and "resnet34" in err
     assert main(["--model", "cfg/missing.yaml"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- engines, outputs declaration
+
+
+def test_engines_by_name_or_instance():
+    from yolo_dero.memory import ENGINES, FUSED, TFLM, Engine, engine_names, get_engine, plan
+
+    assert get_engine("fused") is FUSED and get_engine("tflm") is TFLM and get_engine(TFLM) is TFLM
+    assert set(ENGINES) <= set(engine_names()) and isinstance(FUSED, Engine)
+    with pytest.raises(ValueError, match="unknown engine 'onnx'; use one of fused, tflm"):
+        get_engine("onnx")
+    m = nn.Sequential(Residual(), Residual())
+    by_name = analyze(m, 32, "tflm", in_channels=16)
+    by_instance = analyze(m, 32, TFLM, in_channels=16)
+    assert by_instance.to_dict(operators=True) == by_name.to_dict(operators=True) and by_name.engine == "tflm"
+    tr = trace_model(m, 32, in_channels=16)
+    lowered = TFLM.lower(tr)  # lower then place == plan
+    assert TFLM.place(lowered).arena_bytes == plan(tr, "tflm").arena_bytes == by_name.arena_bytes == 4 * T
+    with pytest.raises(TypeError, match="no option 'tie'"):
+        FUSED.plan(tr, tie="forward")
+    with pytest.raises(TypeError, match="unknown engine option"):
+        analyze(m, 32, "tflm", in_channels=16, no_such_option=1)
+    # an option of another registered engine is ignored where the engine does not take it (as before)
+    assert analyze(m, 32, "fused", in_channels=16, pad_ops=False).peak_bytes == 3 * T
+
+
+def test_a_registered_engine_is_analysed_by_name():
+    from yolo_dero.memory import FUSED, FusedEngine, register_engine
+    from yolo_dero.memory.engines import _REGISTRY
+
+    class Float32(FusedEngine):  # the fused engine at 4 bytes per element whatever the caller asks
+        name = "fused_fp32"
+
+        def place(self, graph, bytes_per_element=1, **options):
+            return super().place(graph, 4, **options)
+
+    register_engine(Float32())
+    try:
+        m = nn.Sequential(conv(), conv())
+        r = analyze_engines(m, 32, ("fused", "fused_fp32"), in_channels=16)
+        assert r["fused_fp32"].peak_bytes == 4 * r["fused"].peak_bytes == 4 * 2 * T
+        assert r["fused_fp32"].engine == "fused_fp32" and FUSED.name == "fused"
+    finally:
+        _REGISTRY.pop("fused_fp32", None)
+
+
+class TwoHeads(nn.Module):
+    """Returns (small decoded output, large raw output) like a detector in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.small, self.tail = conv(), nn.Conv2d(16, 1, 1), nn.Conv2d(1, 1, 1)
+
+    def forward(self, x):
+        y = self.body(x)
+        return self.tail(self.small(y)), y
+
+
+def test_outputs_are_what_the_model_declares():
+    undeclared = TwoHeads()
+    everything = analyze(undeclared, 32, in_channels=16)  # no declaration: every returned tensor is an output
+    declared = TwoHeads()
+    declared.memory_outputs = "first"
+    first = analyze(declared, 32, in_channels=16)
+    assert first.peak_bytes == analyze(undeclared, 32, in_channels=16, outputs="first").peak_bytes
+    # the raw output y stays live to the end only where it counts as an output
+    assert everything.profile == [2 * T, T + T // 16, T + T // 8] and first.profile == [2 * T, T + T // 16, T // 8]
+    declared.memory_outputs = lambda out: out[1]  # y only: the small outputs die at once
+    assert analyze(declared, 32, in_channels=16).profile == [2 * T, T + T // 16, T + T // 8]
+    assert analyze(declared, 32, in_channels=16, outputs="all").profile == everything.profile
+
+
+def test_detection_model_declares_its_memory_outputs():
+    from yolo_dero.ultra import DeroDetectionModel  # the offline set-up first, then Ultralytics
+
+    assert DeroDetectionModel.memory_outputs == "first"

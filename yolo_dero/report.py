@@ -27,9 +27,10 @@ import torch
 from classification.catalog import CATALOG, variant_names
 
 from .benchmark import cpu_name, ratios, time_interleaved
+from .catalog import load_model
 from .fileutil import outputs_problem
 from .memory import analyze_engines
-from .memory.loading import load_model
+from .memory.plot import plot_profiles
 from .paths import REPO_ROOT
 
 #: architecture -> (display name, catalogue architecture or YAML per variant, image sizes)
@@ -93,8 +94,6 @@ def measure(archs: Sequence[str], repeats: int = 15, latency: bool = True, plot_
                 log(f"{cfg['title']:<12} {size:>4} latency (median of {repeats}): "
                     + ", ".join(f"{v} {lat[v] * 1000:.1f} ms" for v in lat))
             if plot_results and plot_path is not None:
-                from .memory.plot import plot_profiles
-
                 # profile dicts lose the MemoryResult; re-plot from the fused results kept above
                 plot_profiles(plot_results, plot_path,
                               title=f"{cfg['title']} at {size}: fused engine, int8 (plain and DERO coincide)")

@@ -46,7 +46,7 @@ def list_models(include_deprecated: bool = True) -> List[str]:
     """Names the registry accepts, sorted: the current names, then (``include_deprecated``) the deprecated aliases.
 
     ``list_models(include_deprecated=False)`` is the listing to show; the default keeps the aliases in for callers
-    that test membership in this list (``yolo_dero.memory.loading``), so old names stay accepted there.
+    that test membership in this list, so old names stay accepted there (``is_model`` is the membership test).
     """
     return sorted(BUILTIN_MODELS) + (sorted(DEPRECATED_NAMES) if include_deprecated else [])
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..fileutil import outputs_problem
 from ..memory import input_channels
-from ..memory.loading import load_model
+from ..catalog import load_model
 from ..nn.padding import to_same_padding, uses_same_padding
 from ..paths import REPO_ROOT
 from .arena import measure_arena

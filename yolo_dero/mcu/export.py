@@ -39,7 +39,7 @@ from torch import nn
 
 from ..datasets.resolve import resolve_data
 from ..memory import input_channels
-from ..memory.loading import load_model
+from ..catalog import load_model
 from ..nn.dero import DeroUnit, Shortcut
 from ..nn.reparam import fold_input_norm, reparameterize
 from ..paths import REPO_ROOT
@@ -477,6 +477,6 @@ def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
 
 
 def export_model(spec: str, imgsz: ImgSize, out: Union[str, Path], **kw) -> ExportResult:
-    """Load ``spec`` (registry name, model YAML or .pt; see :mod:`yolo_dero.memory.loading`) and export it."""
+    """Load ``spec`` (registry name, model YAML or .pt; see :mod:`yolo_dero.catalog`) and export it."""
     model, _ = load_model(spec)
     return export_tflite(model, imgsz, out, **kw)

@@ -9,7 +9,8 @@ but the count, so this module
    (:data:`INPLACE_OPS`: ADD, SUB, MUL, LOGISTIC, ...) may share its buffer with an input that has the
    output's exact shape and type and whose last reader is that operator (never a graph input or a
    variable). Shared tensors form one buffer; the buffers are placed in one arena, 16-byte aligned, by
-   first-fit/best-fit over several orderings (and random ones while time allows), keeping the best; it
+   first-fit/best-fit (:func:`yolo_dero.memory.intervals.place`, the interval core the memory analyzer's engines
+   use too) over several orderings (and random ones while time allows), keeping the best; it
    stops as soon as the lower bound (the largest live set) is reached. Constants, variable tensors
    (TFLM allocates them persistently) and tensors no operator uses get ``-1``.
 2. **validates** (:func:`validate_plan`): re-reads a planned file and checks every pair of tensors that
@@ -38,6 +39,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..fileutil import atomic_file
+from ..memory.intervals import Interval
+from ..memory.intervals import live_profile as interval_profile
+from ..memory.intervals import place as place_intervals
 from .runtime import litert_reference, run_tflm, working_arena
 from .tflite import (ALIGN, METADATA_NAME, Graph, PlanError, Source, has_plan, read_graph, read_offsets, require,
                      short_name, strip_plan, write_plan)
@@ -105,37 +109,13 @@ def _groups(g: Graph, inplace: bool) -> List[Buffer]:
     return bufs
 
 
+def intervals(bufs: Sequence[Buffer]) -> List[Interval]:
+    """The buffers as ``(bytes, first op, last op)`` intervals of :mod:`yolo_dero.memory.intervals`."""
+    return [(b.bytes, b.first, b.last) for b in bufs]
+
+
 def live_profile(bufs: Sequence[Buffer], n_ops: int) -> List[int]:
-    prof = [0] * max(n_ops, 1)
-    for b in bufs:
-        for t in range(b.first, b.last + 1):
-            prof[t] += b.bytes
-    return prof
-
-
-def _place(bufs: Sequence[Buffer], order: Sequence[int], best_fit: bool) -> Tuple[int, List[int]]:
-    offs = [-1] * len(bufs)
-    placed: List[int] = []
-    head = 0
-    for i in order:
-        b = bufs[i]
-        busy = sorted((offs[j], offs[j] + bufs[j].bytes) for j in placed
-                      if bufs[j].first <= b.last and b.first <= bufs[j].last)
-        cand, pos, best = None, 0, None
-        for s, e in busy:
-            if s - pos >= b.bytes:
-                if not best_fit:
-                    cand = pos
-                    break
-                if best is None or s - pos < best[0]:
-                    best = (s - pos, pos)
-            pos = max(pos, e)
-        if cand is None:
-            cand = best[1] if best is not None else pos
-        offs[i] = cand
-        placed.append(i)
-        head = max(head, cand + b.bytes)
-    return head, offs
+    return interval_profile(intervals(bufs), max(n_ops, 1))
 
 
 def place(bufs: Sequence[Buffer], n_ops: int, time_budget: float = 2.0, seed: int = 0) -> Tuple[int, str]:
@@ -148,6 +128,7 @@ def place(bufs: Sequence[Buffer], n_ops: int, time_budget: float = 2.0, seed: in
     """
     if not bufs:
         return 0, "empty"
+    ivs = intervals(bufs)
     lb = max(live_profile(bufs, n_ops))
     idx = list(range(len(bufs)))
     ln = lambda i: bufs[i].last - bufs[i].first + 1  # noqa: E731
@@ -163,7 +144,7 @@ def place(bufs: Sequence[Buffer], n_ops: int, time_budget: float = 2.0, seed: in
     best: Optional[Tuple[int, List[int], str]] = None
     for name, order in orders.items():
         for bf in (False, True):
-            head, offs = _place(bufs, order, bf)
+            head, offs = place_intervals(ivs, order, bf)
             if best is None or head < best[0]:
                 best = (head, offs, f"{name}/{'best' if bf else 'first'}-fit")
             if best[0] <= lb:
@@ -179,7 +160,7 @@ def place(bufs: Sequence[Buffer], n_ops: int, time_budget: float = 2.0, seed: in
         for _ in range(max(1, len(order) // 8)):  # perturb a few positions
             a, b = rng.randrange(len(order)), rng.randrange(len(order))
             order[a], order[b] = order[b], order[a]
-        head, offs = _place(bufs, order, bool(tries % 3 == 0))
+        head, offs = place_intervals(ivs, order, bool(tries % 3 == 0))
         if head < best[0]:
             best = (head, offs, f"random #{tries}")
     for b, o in zip(bufs, best[1]):

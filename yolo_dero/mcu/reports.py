@@ -35,7 +35,7 @@ from classification.catalog import CATALOG, variant_names
 
 from ..benchmark import ratios
 from ..memory import analyze, input_channels
-from ..memory.loading import load_model
+from ..catalog import load_model
 from ..nn import DeroUnit
 from ..nn.padding import to_same_padding
 from .arena import measure_arena

@@ -1,4 +1,4 @@
-"""``python -m yolo_dero.memory``: peak activation memory of registry models and model YAMLs.
+"""``python -m yolo_dero.memory``: peak activation memory of registry models, model YAMLs and ``.pt`` files.
 
     python -m yolo_dero.memory --model resnet34dero --imgsz 224
     python -m yolo_dero.memory --model cfg/yolov5n-dero.yaml --imgsz 320 --engine tflm
@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ..catalog import ModelNotFoundError, load_model
 from ..fileutil import outputs_problem
 from .analyzer import MemoryResult, analyze_engines
-from .engines import ENGINES
-from .loading import ModelNotFoundError, load_model
+from .engines import engine_names
+from .plot import plot_profiles
 
 
 def kib(b: Optional[int]) -> str:
@@ -63,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="registry name, model YAML path or .pt file")
     ap.add_argument("--imgsz", type=int, nargs="+", default=[224], help="input size: N or H W (default 224)")
-    ap.add_argument("--engine", choices=ENGINES, default="fused",
+    ap.add_argument("--engine", choices=engine_names(), default="fused",
                     help="fused: docs/memory_model.md §3 (default); tflm: TFLite Micro, no in-place, greedy arena")
     ap.add_argument("--bytes-per-element", type=int, choices=(1, 2, 4), default=1,
                     help="1 = int8 (default), 4 = float32")
@@ -106,8 +107,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Path(args.json).write_text(json.dumps(d, indent=1))
         print(f"\nwrote {args.json}")
     if args.plot:
-        from .plot import plot_profiles
-
         print(f"wrote {plot_profiles(results, args.plot)}")
     return 0
 

@@ -5,8 +5,9 @@
     >>> r.peak_bytes, r.peak_operator, r.body_peak_bytes, r.stages
     >>> analyze(model, 224, engine="tflm").arena_bytes
 
-One eval forward pass at batch 1 is recorded (see :mod:`yolo_dero.memory.trace`); the engines in
-:mod:`yolo_dero.memory.engines` turn it into an operator sequence with buffer lifetimes. Stages come
+One eval forward pass at batch 1 is recorded (see :mod:`yolo_dero.memory.trace`); an engine of
+:mod:`yolo_dero.memory.engines` lowers it to an operator sequence (:mod:`yolo_dero.memory.lowering`) and places
+its buffers (:mod:`yolo_dero.memory.intervals`). Stages come
 from the model's ``memory_stages`` (``{"stem": [module names], "layer1": [...], ..., "head": [...]}``)
 or, without it, from a documented fallback (see docs/memory_model.md).
 """
@@ -20,10 +21,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from torch import nn
 
 from ..nn.reparam import reparameterize
-from .engines import ENGINES, Op, Plan, operator_sequence, plan
+from .engines import ENGINES, Engine, Plan, engine_names, get_engine
+from .lowering import Op, operator_sequence
 from .trace import LeafPredicate, Trace, record
 
 ImgSize = Union[int, Sequence[int]]
+EngineLike = Union[str, Engine]
 
 
 @dataclass
@@ -78,7 +81,7 @@ def _imgsz(imgsz: ImgSize) -> Tuple[int, int]:
 
 
 def input_channels(model: nn.Module) -> int:
-    """Input channels: an Ultralytics model's ``yaml['ch']``, else the first conv's ``in_channels``."""
+    """Input channels: a model's ``yaml['ch']`` (Ultralytics-style models), else the first conv's ``in_channels``."""
     yaml = getattr(model, "yaml", None)
     if isinstance(yaml, dict) and isinstance(yaml.get("ch"), int):
         return yaml["ch"]
@@ -219,15 +222,20 @@ def deployed_form(model: nn.Module) -> nn.Module:
     return reparameterize(copy.deepcopy(model), strict=False, select=lambda m: getattr(m, "act_after_add", False))
 
 
-def analyze_engines(model: nn.Module, imgsz: ImgSize = 224, engines: Sequence[str] = ENGINES,
+def analyze_engines(model: nn.Module, imgsz: ImgSize = 224, engines: Sequence[EngineLike] = ENGINES,
                     bytes_per_element: int = 1, name: Optional[str] = None,
                     stages: Optional[Mapping[str, Sequence[str]]] = None, leaf: Optional[LeafPredicate] = None,
                     outputs: Any = "auto", in_channels: Optional[int] = None,
                     trace: Optional[Trace] = None, **engine_kw) -> Dict[str, MemoryResult]:
-    """Analyse one model under several engines from a single recorded forward pass."""
-    for e in engines:
-        if e not in ENGINES:
-            raise ValueError(f"unknown engine {e!r}; use one of {', '.join(ENGINES)}")
+    """Analyse one model under several engines (names or :class:`Engine` instances) from a single recorded forward
+    pass; the results are keyed by engine name. ``engine_kw`` go to the engines that take them (tflm: ``pad_ops``,
+    ``tie``); an option that no registered engine takes is an error."""
+    engs = [get_engine(e) for e in engines]
+    known = {k for e in engs + [get_engine(n) for n in engine_names()] for k in e.options}
+    unknown = [k for k in engine_kw if k not in known]
+    if unknown:
+        raise TypeError(f"unknown engine option(s) {', '.join(map(repr, unknown))}; the engines take "
+                        f"{', '.join(sorted(known)) or 'none'}")
     if bytes_per_element <= 0:
         raise ValueError("bytes_per_element must be positive")
     size = _imgsz(imgsz)
@@ -239,18 +247,18 @@ def analyze_engines(model: nn.Module, imgsz: ImgSize = 224, engines: Sequence[st
     name = name or type(model).__name__
     params = sum(p.numel() for p in model.parameters())
     out = {}
-    for e in engines:
-        kw = {k: v for k, v in engine_kw.items() if e == "tflm"}
-        out[e] = _result(name, size, plan(trace, e, bytes_per_element, **kw), trace, bytes_per_element, stages,
-                         source, params)
+    for e in engs:
+        kw = {k: v for k, v in engine_kw.items() if k in e.options}
+        out[e.name] = _result(name, size, e.plan(trace, bytes_per_element, **kw), trace, bytes_per_element, stages,
+                              source, params)
     return out
 
 
-def analyze(model: nn.Module, imgsz: ImgSize = 224, engine: str = "fused", bytes_per_element: int = 1,
+def analyze(model: nn.Module, imgsz: ImgSize = 224, engine: EngineLike = "fused", bytes_per_element: int = 1,
             name: Optional[str] = None, stages: Optional[Mapping[str, Sequence[str]]] = None,
             leaf: Optional[LeafPredicate] = None, outputs: Any = "auto", in_channels: Optional[int] = None,
             **engine_kw) -> MemoryResult:
-    """Peak activation memory of ``model`` at ``imgsz`` under ``engine`` ("fused" or "tflm").
+    """Peak activation memory of ``model`` at ``imgsz`` under ``engine`` ("fused", "tflm" or an :class:`Engine`).
 
     Args:
         model: any module; DERO units (``is_dero_operator``) count as one operator.
@@ -258,9 +266,11 @@ def analyze(model: nn.Module, imgsz: ImgSize = 224, engine: str = "fused", bytes
         bytes_per_element: 1 for int8 (default), 4 for float32.
         stages: override ``model.memory_stages``.
         leaf: predicate for modules that count as one operator (default: ``is_dero_operator``).
-        outputs: network outputs: "auto" (Ultralytics models: the decoded predictions only), "all",
-            or a callable picking them from the forward's return value.
+        outputs: network outputs: "auto" (what the model declares in ``memory_outputs``, e.g. the project's
+            detection model: the decoded predictions only; else all), "all", "first" or a callable picking them
+            from the forward's return value.
         engine_kw: tflm options ``pad_ops`` (default True) and ``tie`` ("reverse" or "forward").
     """
-    return analyze_engines(model, imgsz, (engine,), bytes_per_element, name, stages, leaf, outputs, in_channels,
-                           **engine_kw)[engine]
+    eng = get_engine(engine)
+    return analyze_engines(model, imgsz, (eng,), bytes_per_element, name, stages, leaf, outputs, in_channels,
+                           **engine_kw)[eng.name]

@@ -32,7 +32,8 @@ def plot_profiles(results: Sequence[MemoryResult], path: str | Path, title: Opti
         c = line.get_color()
         i = r.peak_index
         ax.plot([i], [kib[i]], marker="o", color=c, ms=5)
-        ax.annotate(f"{kib[i]:.0f}", (i, kib[i]), textcoords="offset points", xytext=(4, 4 + 9 * n), fontsize=7, color=c)
+        ax.annotate(f"{kib[i]:.0f}", (i, kib[i]), textcoords="offset points", xytext=(4, 4 + 9 * n), fontsize=7,
+                    color=c)
         stem = next(iter(r.stage_spans.values()), None)
         if stem is not None:
             ax.axvline(stem[1] + 0.5, color=c, ls=":", lw=0.8)

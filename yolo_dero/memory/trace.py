@@ -2,8 +2,10 @@
 
 The recorder runs the model once at batch 1 under a :class:`TorchDispatchMode` and sees every aten
 operator after PyTorch's decompositions, with module context from forward pre/post hooks. Python
-control flow (Ultralytics' Detect head: concat, view, split, shape tests) simply runs; only the
-operators that actually execute are recorded, so no symbolic tracing is needed.
+control flow (a detection head: concat, view, split, shape tests) simply runs; only the operators
+that actually execute are recorded, so no symbolic tracing is needed. Which returned tensors are the
+network's outputs is the caller's choice or the model's declaration (``memory_outputs``; see
+:func:`select_outputs`).
 
 Bookkeeping:
 
@@ -109,7 +111,8 @@ def _conv_attrs(args: Sequence[Any]) -> Dict[str, Any]:
 
 
 def _pool_attrs(kind: str, args: Sequence[Any]) -> Dict[str, Any]:
-    # avg_pool2d(self, kernel_size, stride=[], padding=0, ...), max_pool2d[_with_indices](self, k, stride=[], padding=0, ...)
+    # avg_pool2d(self, kernel_size, stride=[], padding=0, ...),
+    # max_pool2d[_with_indices](self, k, stride=[], padding=0, ...)
     x = args[0]
     k = _pair(args[1])
     stride = _pair(args[2]) if len(args) > 2 and args[2] not in (None, [], ()) else k
@@ -238,20 +241,32 @@ class _Recorder(TorchDispatchMode):
             macs=_macs(kind, args, out_tensors), attrs=attrs))
 
 
-def _select_outputs(model: nn.Module, out: Any, outputs: Any) -> Any:
+def _first(out: Any) -> Any:
+    """The first element of a tuple/list return whose first element is a tensor, else ``out`` itself."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return out
+
+
+def select_outputs(model: nn.Module, out: Any, outputs: Any = "auto") -> Any:
+    """The network outputs among ``out``, the forward's return value.
+
+    ``outputs``: "all"; "first" (of a tuple/list return, e.g. a detector's (decoded, raw per-level) pair in eval
+    mode, where a deployed graph returns the decoded predictions only); a callable on ``out``; or "auto": what the
+    model declares in its ``memory_outputs`` attribute (any of the above; the project's detection model declares
+    "first"), "all" where it declares nothing.
+    """
+    if outputs == "auto":
+        outputs = getattr(model, "memory_outputs", None) or "all"
+        if outputs == "auto":
+            raise ValueError(f"{type(model).__name__}.memory_outputs must be 'all', 'first' or a callable, not 'auto'")
     if callable(outputs):
         return outputs(out)
-    if outputs == "auto":
-        # Ultralytics models return (decoded predictions, raw per-level predictions) in eval mode; a
-        # deployed graph returns the decoded predictions only (export mode). Keep the first element.
-        is_ultra = any(c.__module__.startswith("ultralytics.") for c in type(model).__mro__)
-        if (is_ultra or getattr(model, "memory_outputs", None) == "first") and isinstance(out, (tuple, list)) \
-                and out and isinstance(out[0], torch.Tensor):
-            return out[0]
-        return out
+    if outputs == "first":
+        return _first(out)
     if outputs == "all":
         return out
-    raise ValueError(f"outputs must be 'auto', 'all' or a callable, got {outputs!r}")
+    raise ValueError(f"outputs must be 'auto', 'all', 'first' or a callable, got {outputs!r}")
 
 
 def record(model: nn.Module, input_shape: Sequence[int], leaf: Optional[LeafPredicate] = None,
@@ -262,7 +277,8 @@ def record(model: nn.Module, input_shape: Sequence[int], leaf: Optional[LeafPred
         model: any module; it is put in eval mode for the pass and its training flag restored after.
         input_shape: full input shape including batch, e.g. ``(1, 3, 224, 224)``.
         leaf: predicate selecting modules that count as one operator (default: ``is_dero_operator``).
-        outputs: which returned tensors are network outputs ("auto", "all" or a callable on the output).
+        outputs: which returned tensors are network outputs ("auto", "all", "first" or a callable on the output;
+            see :func:`select_outputs`).
     """
     leaf = leaf or is_dero_module
     names = {m: n for n, m in model.named_modules()}
@@ -296,7 +312,7 @@ def record(model: nn.Module, input_shape: Sequence[int], leaf: Optional[LeafPred
         with torch.no_grad(), rec:
             out = model(x)
         # the root module's hooks fire too; names[model] == ""
-        selected = _select_outputs(model, out, outputs)
+        selected = select_outputs(model, out, outputs)
         out_ids: List[int] = []
         for t in tree_flatten(selected)[0]:
             if isinstance(t, torch.Tensor):

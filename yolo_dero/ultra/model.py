@@ -52,9 +52,13 @@ class DeroDetectionModel(DetectionModel):
             (e.g. ``ckpt['model'].yaml`` when Ultralytics rebuilds a checkpoint's model).
         ch: input channels. nc: number of classes (overrides the YAML's ``nc``). verbose: print the layer table.
 
-    Attributes beyond DetectionModel's: ``memory_stages`` -- ordered ``{"stem": ["model.0"], "stage1": [...],
-    ..., "neck": [...], "head": [...]}`` of qualified module names (as in ``named_modules()``).
+    Attributes beyond DetectionModel's, read by the memory analyzer (:mod:`yolo_dero.memory`): ``memory_stages`` --
+    ordered ``{"stem": ["model.0"], "stage1": [...], ..., "neck": [...], "head": [...]}`` of qualified module names
+    (as in ``named_modules()``); ``memory_outputs`` -- ``"first"``: in eval mode the forward returns (decoded
+    predictions, raw per-level predictions) and a deployed graph (export mode) returns the decoded predictions only.
     """
+
+    memory_outputs = "first"
 
     def __init__(self, cfg: str | Path | dict = "yolov5n-dero.yaml", ch: int = 3, nc: int | None = None,
                  verbose: bool = True):

@@ -1,22 +1,32 @@
-"""Load a model for analysis by registry name, model YAML path or ``.pt`` file.
+"""The model catalogue of the command lines: a model by registry name, model YAML path or ``.pt`` file.
 
 * a name registered in ``classification.models`` (``resnet34``, ``resnet34dero``, ``mcunet_plain_v4``...), optionally
   with a DERO style after a colon (``mcunet_dero_v4:rep``, see ``yolo_dero.nn.DERO_STYLES``);
 * a path ending ``.yaml``/``.yml``: a detection model built by the project's
   :class:`yolo_dero.ultra.DeroDetectionModel` (looked up as given, in the repository, then in ``cfg/``);
 * a path ending ``.pt``/``.pth``: ``torch.load`` of a pickled module or of an Ultralytics checkpoint
-  (``{'model'|'ema': module}``), converted to float32.
+  (``{'model'|'ema': module}``), converted to float32. An Ultralytics model that does not declare its
+  ``memory_outputs`` gets ``"first"`` (its eval forward returns (decoded, raw) predictions, see
+  :func:`yolo_dero.memory.trace.select_outputs`).
+
+Used by ``python -m yolo_dero.memory``, ``python -m yolo_dero.mcu``, :mod:`yolo_dero.report` and
+:mod:`yolo_dero.compare_cls`; the analyzer itself (:mod:`yolo_dero.memory`) takes modules and knows no catalogue.
+Ultralytics (through :mod:`yolo_dero.ultra`, which makes the offline set-up) is imported only when a YAML or a
+``.pt`` is loaded: registry models do not need that heavy optional dependency.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Tuple
 
 import torch
 from torch import nn
 
-from ..paths import REPO_ROOT
+from classification.models import get_model, is_model, list_models
+
+from .paths import REPO_ROOT, shipped
 
 YAML_SUFFIXES = (".yaml", ".yml")
 PT_SUFFIXES = (".pt", ".pth")
@@ -27,16 +37,13 @@ class ModelNotFoundError(ValueError):
 
 
 def registry_names() -> List[str]:
-    """Names in the classification registry (empty if the zoo cannot be imported)."""
-    try:
-        from classification.models import list_models
-    except ImportError:  # pragma: no cover - the zoo ships with the project
-        return []
-    return list(list_models())
+    """The current names of the classification registry (deprecated aliases still load, see ``is_model``)."""
+    return list(list_models(include_deprecated=False))
 
 
 def yaml_names() -> List[str]:
-    return sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "cfg").glob("*.y*ml"))
+    cfg = shipped("cfg")
+    return sorted(str(p.relative_to(cfg.parent)) for p in cfg.glob("*.y*ml"))
 
 
 def model_display_name(spec: str) -> str:
@@ -47,19 +54,28 @@ def model_display_name(spec: str) -> str:
 
 def resolve_yaml(spec: str) -> Path:
     p = Path(spec).expanduser()
-    for cand in (p, REPO_ROOT / p, REPO_ROOT / "cfg" / p.name):
+    for cand in (p, REPO_ROOT / p, shipped("cfg") / p.name):
         if cand.is_file():
             return cand.resolve()
     avail = ", ".join(yaml_names()) or "none"
     raise ModelNotFoundError(f"model YAML not found: '{spec}' (looked in {Path.cwd()}, {REPO_ROOT} and "
-                             f"{REPO_ROOT / 'cfg'}); available: {avail}")
+                             f"{shipped('cfg')}); available: {avail}")
 
 
 def _load_yaml(spec: str, verbose: bool = False) -> nn.Module:
     path = resolve_yaml(spec)
-    from ..ultra import DeroDetectionModel  # imports Ultralytics (offline, project-owned settings)
+    from .ultra import DeroDetectionModel  # imports Ultralytics (offline, project-owned settings): on demand
 
     return DeroDetectionModel(str(path), verbose=verbose)
+
+
+def _declare_ultralytics_outputs(model: nn.Module) -> nn.Module:
+    """Give an Ultralytics model without a ``memory_outputs`` declaration the detector's ``"first"``."""
+    tasks = sys.modules.get("ultralytics.nn.tasks")  # unpickling an Ultralytics model has imported it; never import
+    base = getattr(tasks, "BaseModel", None)
+    if base is not None and isinstance(model, base) and getattr(model, "memory_outputs", None) is None:
+        model.memory_outputs = "first"
+    return model
 
 
 def _load_pt(spec: str) -> nn.Module:
@@ -67,8 +83,8 @@ def _load_pt(spec: str) -> nn.Module:
     if not p.is_file():
         raise ModelNotFoundError(f"weights file not found: '{spec}'")
     if p.suffix == ".pt":
-        try:  # Ultralytics checkpoints pickle classes of this project: make its glue importable first
-            from .. import ultra  # noqa: F401
+        try:  # Ultralytics checkpoints pickle classes of this project: make its glue importable first (on demand)
+            from . import ultra  # noqa: F401
         except ImportError:  # pragma: no cover
             pass
     try:
@@ -87,7 +103,7 @@ def _load_pt(spec: str) -> nn.Module:
         raise ModelNotFoundError(f"'{spec}' holds a {type(obj).__name__}, not a module or a checkpoint with a "
                                  f"'model'/'ema' module (a state_dict alone cannot be analysed: build the model "
                                  f"by name instead)")
-    return obj.float()
+    return _declare_ultralytics_outputs(obj.float())
 
 
 def load_model(spec: str, verbose: bool = False) -> Tuple[nn.Module, str]:
@@ -101,12 +117,11 @@ def load_model(spec: str, verbose: bool = False) -> Tuple[nn.Module, str]:
     else:
         name, _, style = s.partition(":")
         names = registry_names()
-        if name not in names:
+        if not is_model(name):
             raise ModelNotFoundError(
                 f"unknown model {name!r}; registry models: {', '.join(names) or 'none'} (a DERO style may follow a "
-                f"colon: resnet34dero:rep); or a model YAML ({', '.join(yaml_names()) or 'none in cfg/'}) or a .pt file")
-        from classification.models import get_model
-
+                f"colon: resnet34dero:rep); or a model YAML ({', '.join(yaml_names()) or 'none in cfg/'}) or a .pt "
+                f"file")
         try:
             model = get_model(name, style=style) if style else get_model(name)
         except (TypeError, ValueError) as e:  # an original takes no style; an unknown style name
