@@ -44,7 +44,7 @@ from ..nn.dero import DeroUnit, Shortcut
 from ..nn.reparam import fold_input_norm, reparameterize
 from ..paths import REPO_ROOT
 from .rewrite import simplify_file
-from .tflite import check_full_int8, inspect_tflite, require
+from .tflite import check_full_int8, inspect_tflite, require, tflm_problems
 
 ImgSize = Union[int, Sequence[int]]
 
@@ -144,14 +144,39 @@ class SiLUAsMul(nn.Module):
         return x * torch.sigmoid(x)
 
 
-def lower_for_export(model: nn.Module, fold_bn_in: bool = True) -> Tuple[nn.Module, Dict[str, int]]:
+def standalone_batchnorms(model: nn.Module, in_channels: Optional[int] = None, size: int = 64) -> List[nn.Module]:
+    """The BatchNorms of ``model`` whose input is not a convolution's output (found in one eval forward pass at
+    ``size``): the converter folds a BatchNorm only into the conv before it and would leave these float."""
+    conv_outputs, found = [], []
+
+    def after_conv(_m, _inp, out):
+        conv_outputs.append(out)  # kept alive, so no later tensor can reuse its id
+
+    def check(m, inp):
+        if not any(inp[0] is t for t in conv_outputs):
+            found.append(m)
+
+    handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_pre_hook(check) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels or input_channels(model), size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def lower_for_export(model: nn.Module, fold_bn_in: bool = True,
+                     in_channels: Optional[int] = None) -> Tuple[nn.Module, Dict[str, int]]:
     """A deep copy of ``model`` (eval) with DERO shortcuts as single convs and ``bn_in`` folded or lowered.
 
     ``bn_in`` of a unit whose conv has no padding is folded into the conv (exact); in front of a padded conv
     it becomes a 1x1 depthwise conv (:func:`bn_as_depthwise`), one more operator and one more buffer.
     ``nn.SiLU`` becomes :class:`SiLUAsMul` (LOGISTIC + MUL in int8; one more buffer per activation).
     Re-parameterizable units (``act_after_add``) are first folded into one conv each, and a classifier's
-    ``head_norm`` BatchNorm becomes a depthwise conv.
+    ``head_norm`` BatchNorm becomes a depthwise conv, as does any other BatchNorm that does not follow a conv
+    (:func:`standalone_batchnorms`: DenseNet's pre-activation BatchNorms).
     Returns ``(lowered model, counts)`` with counts ``{"shortcuts", "bn_in_folded", "bn_in_depthwise",
     "reparameterized"[, "head_norm_depthwise", "silu"]}``.
     """
@@ -179,6 +204,12 @@ def lower_for_export(model: nn.Module, fold_bn_in: bool = True) -> Tuple[nn.Modu
         # it and would leave it float: it becomes an int8 depthwise conv (one small operator at the head)
         model.head_norm = bn_as_depthwise(model.head_norm)
         counts["head_norm_depthwise"] = 1
+    standalone = standalone_batchnorms(model, in_channels)
+    for parent in list(model.modules()):  # pre-activation BatchNorms (DenseNet's): the same, wherever they are
+        for name, child in list(parent.named_children()):
+            if child in standalone:
+                setattr(parent, name, bn_as_depthwise(child))
+                counts["bn_depthwise"] = counts.get("bn_depthwise", 0) + 1
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.SiLU):
@@ -443,7 +474,7 @@ def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
     net = deployable(model)
     counts: Dict[str, int] = {}
     if lower:
-        net, counts = lower_for_export(net)
+        net, counts = lower_for_export(net, in_channels=c)
     with torch.no_grad():
         probe = net(torch.zeros(1, c, h, w))
     n_out = len(probe) if isinstance(probe, (list, tuple)) else 1
@@ -473,7 +504,8 @@ def export_tflite(model: nn.Module, imgsz: ImgSize, out: Union[str, Path],
         path=str(out), imgsz=(h, w), input_shape=info.tensors[info.inputs[0]]["shape"],
         output_shapes=[info.tensors[i]["shape"] for i in info.outputs], op_counts=info.op_counts(),
         bytes=out.stat().st_size, seconds=round(time.time() - t0, 1), quantized=quantize, lowering=counts,
-        notes=["detection: raw head outputs, no box decode / NMS"] if is_detection_model(model) else [])
+        notes=(["detection: raw head outputs, no box decode / NMS"] if is_detection_model(model) else [])
+        + [f"TFLite Micro will not allocate this model: {p}" for p in tflm_problems(info)])
 
 
 def export_model(spec: str, imgsz: ImgSize, out: Union[str, Path], **kw) -> ExportResult:

@@ -534,6 +534,9 @@ def payoff_case(spec: str, imgsz: int, workdir: Path, num_calib: int = 2, n_inpu
                            "analyzer_peak_operator": fused.peak_operator}
     out = workdir / f"{spec.replace('/', '_').replace(':', '_')}_{imgsz}.tflite"
     e = export_tflite(model, imgsz, out, num_calib=num_calib, in_channels=c)
+    refused = [n for n in e.notes if n.startswith("TFLite Micro will not allocate")]
+    if refused:
+        raise RuntimeError(f"{refused[0]} ({len(refused)} such operator(s))")
     r = plan_file(out, workdir / f"{out.stem}_planned.tflite", inplace=True, n_inputs=n_inputs)
     row.update(op_counts=e.op_counts, lowering=e.lowering, online_head=r.verification["online_head_bytes"],
                planned_head=r.verification["planned_head_bytes"], peak_operator=r.plan["peak_operator"],

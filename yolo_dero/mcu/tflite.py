@@ -136,6 +136,20 @@ def inspect_tflite(path_or_bytes) -> GraphInfo:
     return GraphInfo(ops, tensors, [int(i) for i in sg.inputs], [int(i) for i in sg.outputs])
 
 
+#: TFLite Micro's CONCATENATION kernel refuses more inputs than this (kMaxInputNum in its concatenation.cc)
+TFLM_MAX_CONCAT_INPUTS = 10
+
+
+def tflm_problems(info: GraphInfo) -> List[str]:
+    """Operators TFLite Micro's kernels will refuse at allocation (LiteRT runs them): one line each."""
+    out = []
+    for i, op in enumerate(info.ops):
+        if op["op"] == "CONCATENATION" and len(op["inputs"]) > TFLM_MAX_CONCAT_INPUTS:
+            out.append(f"operator #{i} CONCATENATION has {len(op['inputs'])} inputs; TFLite Micro's kernel takes at "
+                       f"most {TFLM_MAX_CONCAT_INPUTS} (concatenate in steps of at most {TFLM_MAX_CONCAT_INPUTS})")
+    return out
+
+
 FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
 
 
