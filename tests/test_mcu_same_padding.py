@@ -94,3 +94,20 @@ def test_rewrite_refuses_a_planned_file(toy_files, tmp_path):
     with pytest.raises(RewriteError, match="offline memory plan"):
         simplify(planned)
     assert METADATA_NAME
+
+
+def test_payoff_table_ratios_and_errors():
+    from yolo_dero.mcu.reports import payoff_markdown
+
+    def row(planned, fused, op="#7 DEPTHWISE_CONV_2D -> x", pads=0):
+        return {"online_head": planned + 1000, "planned_head": planned, "analyzer_fused": fused, "peak_operator": op,
+                "op_counts": {"PAD": pads}, "bit_identical": True, "litert_diff": 1}
+
+    rows = {"MCUNet-v4 @176 original": row(340736, 340736), "MCUNet-v4 @176 plain": row(309760, 309760),
+            "MCUNet-v4 @176 DERO rep": row(309760, 309760),
+            "MCUNet-v4 @176 DERO seed form": {"error": "RuntimeError: TFLM failed"}}
+    md = payoff_markdown(rows, {"date": "d", "versions": "v"})
+    line = next(x for x in md.splitlines() if x.startswith("| MCUNet-v4 @176 | original |"))
+    assert "| 340,736 | 340,736 | 1.000 | 1.100 |" in line
+    assert "| MCUNet-v4 @176 | DERO seed form | error: RuntimeError: TFLM failed |" in md
+    assert "MCUNet-v4 @96" not in md  # rows not measured are left out, not invented

@@ -228,6 +228,16 @@ def plan_options_problem(a: argparse.Namespace) -> str | None:
     return f"--no-plan with {', '.join(clash)}: those options apply to the plan; drop one side" if clash else None
 
 
+def _zoo_report(sub, name: str, stem: str, families: str, help: str) -> None:
+    """A report over zoo families that resumes from its JSON file (``reparam-report``, ``payoff``)."""
+    r = sub.add_parser(name, help=help)
+    r.add_argument("--md", default=str(REPO_ROOT / "results" / f"{stem}.md"))
+    r.add_argument("--json", default=str(REPO_ROOT / "results" / f"{stem}.json"))
+    r.add_argument("--only", nargs="*", default=None, help=f"families ({families})")
+    r.add_argument("--num-calib", type=int, default=2)
+    r.add_argument("--force", action="store_true", help="measure again rows already in the JSON file")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m yolo_dero.mcu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -269,20 +279,11 @@ def main(argv=None) -> int:
     c.add_argument("--only", nargs="*", default=None, help="row labels or families (toy, MCUNet-v4, ResNet34, YOLOv5n)")
     c.add_argument("--num-calib", type=int, default=4)
     c.add_argument("--keep", default=None, help="folder to keep the .tflite files in")
-    rr = sub.add_parser("reparam-report", help="original / plain / DERO (rep, folded) / DERO on TFLM -> "
-                                               "results/mcu_reparam.*")
-    rr.add_argument("--md", default=str(REPO_ROOT / "results" / "mcu_reparam.md"))
-    rr.add_argument("--json", default=str(REPO_ROOT / "results" / "mcu_reparam.json"))
-    rr.add_argument("--only", nargs="*", default=None, help="families (MCUNet-v4, ResNet34, YOLOv5n)")
-    rr.add_argument("--num-calib", type=int, default=2)
-    rr.add_argument("--force", action="store_true", help="measure again rows already in the JSON file")
-    po = sub.add_parser("payoff", help="original / plain / DERO seed form / DERO rep of every family, SAME padding, "
-                                       "online and planned TFLM heads vs the analyzer -> results/mcu_payoff.*")
-    po.add_argument("--md", default=str(REPO_ROOT / "results" / "mcu_payoff.md"))
-    po.add_argument("--json", default=str(REPO_ROOT / "results" / "mcu_payoff.json"))
-    po.add_argument("--only", nargs="*", default=None, help="families (ResNet34, MCUNet-v4, DenseNet121, YOLOv5n)")
-    po.add_argument("--num-calib", type=int, default=2)
-    po.add_argument("--force", action="store_true", help="measure again rows already in the JSON file")
+    _zoo_report(sub, "reparam-report", "mcu_reparam", "MCUNet-v4, ResNet34, YOLOv5n",
+                "original / plain / DERO (rep, folded) / DERO on TFLM -> results/mcu_reparam.*")
+    _zoo_report(sub, "payoff", "mcu_payoff", "ResNet34, MCUNet-v4, DenseNet121, YOLOv5n",
+                "original / plain / DERO seed form / DERO rep of every family, SAME padding, online and planned TFLM "
+                "heads vs the analyzer -> results/mcu_payoff.*")
     pl = sub.add_parser("plan", help="write an offline memory plan (OfflineMemoryAllocation) into a .tflite")
     pl.add_argument("file")
     pl.add_argument("--out", required=True, help="planned .tflite")
