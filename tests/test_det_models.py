@@ -126,9 +126,9 @@ def test_width_and_depth_scaling_from_file_name(tmp_path):
 
 
 def test_parser_rejects_unknown_module_by_name(tmp_path):
-    text = (CFG / "yolov5n-dero.yaml").read_text().replace("[-1, 3, DeroC3, [128]]", "[-1, 3, C2f, [128]]")
+    text = (CFG / "yolov5n-dero.yaml").read_text().replace("[-1, 3, DeroC3, [128]]", "[-1, 3, DeroC2x, [128]]")
     (tmp_path / "yolov5n-bad.yaml").write_text(text)
-    with pytest.raises(ModelConfigError, match=r"layer 2: module 'C2f' is not supported.*DeroC3"):
+    with pytest.raises(ModelConfigError, match=r"layer 2: module 'DeroC2x' is neither a DERO module.*DeroC3"):
         DeroDetectionModel(tmp_path / "yolov5n-bad.yaml", verbose=False)
 
 
