@@ -19,6 +19,12 @@ Two more reproduce the seed's own YOLOv5n-DERO layout (``cfg/yolov5n-dero-seed.y
   branch and the concat stay, the bottleneck residual goes (each unit has its own shortcut).
 * :class:`DeroSPPF` -- ``SPPF`` with its two 1x1 convolutions as DERO units (max-pools and concat stock).
 
+One more makes the YOLOv8 layout a YAML away (``cfg/yolov8n-dero.yaml``):
+
+* :class:`DeroC2f` -- ``C2f`` with every convolution a DERO unit, its structure kept as the seed keeps C3's
+  (the split, the growing list of bottleneck outputs and the concat stay; each bottleneck is two 3x3 units and
+  loses its two-operator residual, every unit having its own shortcut).
+
 ``shortcut=False`` builds the plain twin of any module (the units without shortcuts, no shortcut
 parameters).
 
@@ -39,7 +45,7 @@ from torch import nn
 
 from .dero import DeroUnit
 
-__all__ = ["DeroConv", "DeroC3", "DeroC3Seed", "DeroSPPF", "YOLO_ACT"]
+__all__ = ["DeroConv", "DeroC3", "DeroC3Seed", "DeroC2f", "DeroSPPF", "YOLO_ACT"]
 
 YOLO_ACT = "silu"  # the YOLO family's activation (Ultralytics' Conv.default_act)
 
@@ -149,6 +155,37 @@ class DeroC3Seed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class DeroC2f(nn.Module):
+    """``C2f`` with DERO units: ``cv2(cat(y0, y1, m_1(y1), m_2(m_1(y1)), ...))`` where ``y0, y1 = cv1(x).chunk(2)``.
+
+    ``cv1``: 1x1 ``c1 -> 2 c``; ``m``: ``n`` bottlenecks, each two 3x3 units at ``c`` (no residual around the pair);
+    ``cv2``: 1x1 ``(2 + n) c -> c2``; hidden width ``c = int(c2 * e)`` as in ``C2f``.
+    Shapes: ``(N, c1, H, W) -> (N, c2, H, W)``.
+    """
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, e: float = 0.5,
+                 drop_path: float = 0.0, hidden: Optional[int] = None, **style):
+        super().__init__()
+        self.c = c = int(c2 * e) if hidden is None else hidden
+        unit = dict(shortcut=shortcut, drop_path=drop_path, **style)
+        self.cv1 = DeroConv(c1, 2 * c, 1, **unit)
+        self.cv2 = DeroConv((2 + n) * c, c2, 1, **unit)
+        self.m = nn.ModuleList(nn.Sequential(DeroConv(c, c, 3, **unit), DeroConv(c, c, 3, **unit))
+                               for _ in range(n))
+
+    @classmethod
+    def from_c2f(cls, c2f: nn.Module, shortcut: bool = True, **style) -> "DeroC2f":
+        """The DERO C2f replacing an Ultralytics ``C2f`` (same channels, hidden width and repeats). Unlike C3's,
+        C2f's bottleneck flag (``False`` in the neck) is not read: every unit's shortcut follows ``shortcut``."""
+        c1, c = c2f.cv1.conv.in_channels, c2f.c
+        return _bookkeeping(cls(c1, c2f.cv2.conv.out_channels, len(c2f.m), shortcut=shortcut, hidden=c, **style), c2f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
 
 
 class DeroSPPF(nn.Module):

@@ -4,14 +4,15 @@ Ultralytics builds the detector (``DetectionModel.__init__``: its ``parse_model`
 repeats, ``Detect.legacy``, the SPPF v5 quirk); the project only renames and converts:
 
 1. :func:`stock_layout` -- a project YAML names DERO modules per row (``DeroConv``, ``DeroC3``, ``DeroC3Seed``,
-   ``DeroSPPF``); each is written as the Ultralytics module it replaces (``Conv``, ``C3``, ``C3``, ``SPPF``) and
-   remembered by layer index. Any module Ultralytics knows may appear too (it stays stock).
+   ``DeroC2f``, ``DeroSPPF``); each is written as the Ultralytics module it replaces (``Conv``, ``C3``, ``C3``,
+   ``C2f``, ``SPPF``) and remembered by layer index. Any module Ultralytics knows may appear too (it stays stock).
 2. :func:`convert_to_dero` -- after Ultralytics has built that stock layout, each remembered layer is replaced by
    the DERO module converted from it (``DeroConv.from_conv``, ``DeroC3.from_c3``, ...), in the YAML's unit style
    and with shortcuts where the YAML's ``dero_shortcuts`` (and a row's explicit shortcut argument) allow.
 
-Row arguments of the DERO names, as before: ``DeroConv [c2, k, s, p, shortcut]``, ``DeroC3``/``DeroC3Seed
-[c2, shortcut, e]``, ``DeroSPPF [c2, k, shortcut]``; an explicit ``shortcut`` is AND-ed with ``dero_shortcuts``.
+Row arguments of the DERO names, as before: ``DeroConv [c2, k, s, p, shortcut]``, ``DeroC3``/``DeroC3Seed``/
+``DeroC2f [c2, shortcut, e]``, ``DeroSPPF [c2, k, shortcut]``; an explicit ``shortcut`` is AND-ed with
+``dero_shortcuts``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Dict, Tuple
 
 from torch import nn
 
-from ..nn.yolo_blocks import DeroC3, DeroC3Seed, DeroConv, DeroSPPF
+from ..nn.yolo_blocks import DeroC2f, DeroC3, DeroC3Seed, DeroConv, DeroSPPF
 from .parser import ModelConfigError
 
 # DERO row name -> (Ultralytics module it replaces, converter)
@@ -29,9 +30,11 @@ DERO_MODULES = {
     "DeroConv": ("Conv", DeroConv.from_conv),
     "DeroC3": ("C3", DeroC3.from_c3),
     "DeroC3Seed": ("C3", DeroC3Seed.from_c3),
+    "DeroC2f": ("C2f", DeroC2f.from_c2f),
     "DeroSPPF": ("SPPF", DeroSPPF.from_sppf),
 }
-_SHORTCUT_ARG = {"DeroConv": 4, "DeroC3": 1, "DeroC3Seed": 1, "DeroSPPF": 2}  # index of the explicit shortcut arg
+# index of a row's explicit shortcut argument
+_SHORTCUT_ARG = {"DeroConv": 4, "DeroC3": 1, "DeroC3Seed": 1, "DeroC2f": 1, "DeroSPPF": 2}
 
 
 def _known_to_ultralytics(name: str) -> bool:
@@ -69,7 +72,7 @@ def stock_layout(d: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[int, Tuple[str
                 args = args[:4]
             elif name == "DeroSPPF":
                 args = args[:2]
-            elif len(args) > 2:  # DeroC3 [c2, shortcut, e] -> C3 [c2, shortcut, g=1, e]
+            elif len(args) > 2:  # DeroC3/DeroC2f [c2, shortcut, e] -> C3/C2f [c2, shortcut, g=1, e]
                 args = [args[0], args[1], 1, *args[2:]]
             plan[i] = (name, shortcut)
             row[2], row[3] = DERO_MODULES[name][0], args
