@@ -126,9 +126,9 @@ def test_width_and_depth_scaling_from_file_name(tmp_path):
 
 
 def test_parser_rejects_unknown_module_by_name(tmp_path):
-    text = (CFG / "yolov5n-dero.yaml").read_text().replace("[-1, 3, DeroC3, [128]]", "[-1, 3, C2f, [128]]")
+    text = (CFG / "yolov5n-dero.yaml").read_text().replace("[-1, 3, DeroC3, [128]]", "[-1, 3, DeroC2x, [128]]")
     (tmp_path / "yolov5n-bad.yaml").write_text(text)
-    with pytest.raises(ModelConfigError, match=r"layer 2: module 'C2f' is not supported.*DeroC3"):
+    with pytest.raises(ModelConfigError, match=r"layer 2: module 'DeroC2x' is neither a DERO module.*DeroC3"):
         DeroDetectionModel(tmp_path / "yolov5n-bad.yaml", verbose=False)
 
 
@@ -185,3 +185,68 @@ def test_seed_layout_has_no_concat_keeps_c3_branch_and_dero_sppf():
         out = m.eval()(torch.rand(1, 3, 128, 128))
     y = out[0] if isinstance(out, (tuple, list)) else out
     assert y.shape == (1, 84, 16 * 16 + 8 * 8 + 4 * 4)
+
+
+def test_converters_take_the_stock_geometry_and_bookkeeping():
+    from ultralytics.nn.modules import C2f
+
+    from yolo_dero.nn.yolo_blocks import DeroC2f
+
+    def tagged(m, i=3, f=-1):
+        m.i, m.f, m.type, m.np = i, f, "stock", sum(p.numel() for p in m.parameters())
+        return m
+
+    n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    cases = [
+        (DeroConv.from_conv(tagged(Conv(3, 16, 6, 2, 2))), DeroConv(3, 16, 6, 2, 2)),
+        (DeroConv.from_conv(tagged(Conv(16, 32, 3, 2)), shortcut=False), DeroConv(16, 32, 3, 2, shortcut=False)),
+        (DeroC3.from_c3(tagged(C3(32, 64, 2))), DeroC3(32, 64, 2)),
+        (DeroC3.from_c3(tagged(C3(32, 64, 1, False))), DeroC3(32, 64, 1, shortcut=False)),  # C3's flag honoured
+        (DeroC3Seed.from_c3(tagged(C3(32, 48, 2, e=0.25))), DeroC3Seed(32, 48, 2, e=0.25)),
+        (DeroSPPF.from_sppf(tagged(SPPF(64, 64, 5))), DeroSPPF(64, 64, 5)),
+        (DeroC2f.from_c2f(tagged(C2f(32, 64, 2))), DeroC2f(32, 64, 2)),
+    ]
+    for new, ref in cases:
+        assert type(new) is type(ref) and n_params(new) == n_params(ref) > 0
+        assert (new.i, new.f, new.np) == (3, -1, n_params(ref))
+        assert new.type == f"yolo_dero.nn.yolo_blocks.{type(ref).__name__}"
+        x = torch.rand(1, ref.cv1.c_in if hasattr(ref, "cv1") else (ref.c_in if isinstance(ref, DeroUnit) else ref.c1),
+                       16, 16)
+        assert new(x).shape == ref(x).shape
+    with pytest.raises(ValueError, match="ungrouped"):
+        DeroConv.from_conv(Conv(16, 16, 3, g=4))
+
+
+def test_yaml_rows_stay_stock_unless_named_dero(models):
+    # the original and the DERO layout share Ultralytics' build; only rows named Dero* are converted
+    dero, orig = models["yolov5n-dero.yaml"], models["yolov5n.yaml"]
+    assert [m.i for m in dero.model] == [m.i for m in orig.model] and [m.f for m in dero.model] == \
+        [m.f for m in orig.model]
+    assert type(dero.model[9]) is SPPF and isinstance(dero.model[9].cv1.act, nn.SiLU)  # stock v5 SPPF (activated cv1)
+    assert dero.yaml["backbone"][0][2] == "DeroConv"  # model.yaml keeps the project's names (checkpoints rebuild)
+    assert all(m.np == sum(p.numel() for p in m.parameters()) for m in dero.model)
+
+
+def test_yolov8n_dero_is_a_yaml_away():
+    """C2f of DERO units in Ultralytics' YOLOv8 layout: builds, runs, and its memory is analysed."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_dero.memory import analyze
+    from yolo_dero.nn.yolo_blocks import DeroC2f
+
+    m = DeroDetectionModel(CFG / "yolov8n-dero.yaml", verbose=False)
+    assert m.stride.tolist() == [8.0, 16.0, 32.0]
+    assert {type(x) for x in m.model} == {DeroConv, DeroC2f, SPPF, nn.Upsample, Concat, Detect}
+    assert sum(p.numel() for p in m.parameters()) == 3_167_782  # stock yolov8n: 3,157,200
+    stock = DetectionModel("yolov8n.yaml", verbose=False)
+    assert sum(p.numel() for p in stock.parameters()) == 3_157_200
+    with torch.no_grad():
+        y = m.eval()(torch.rand(1, 3, 320, 320))[0]
+    assert y.shape == (1, 84, 40 * 40 + 20 * 20 + 10 * 10)
+    assert list(m.memory_stages)[0] == "stem" and m.memory_stages["head"] == ["model.22"]
+    fused, tflm = analyze(m, imgsz=320), analyze(m, imgsz=320, engine="tflm")
+    stock.memory_stages, stock.memory_outputs = m.memory_stages, "first"
+    ref = analyze(stock, imgsz=320, engine="tflm")
+    # the identity style's stem adds in TFLM as in yolov5n-dero (1,228,800 B); the stock YOLOv8n: 829,504 B
+    assert (fused.peak_bytes, tflm.peak_bytes, tflm.arena_bytes, ref.peak_bytes) == (716_800, 1_228_800, 1_239_104,
+                                                                                    829_504)

@@ -19,7 +19,8 @@ Deployment lowering (exact, the function of the network is unchanged; see docs/d
 * conv + BatchNorm pairs are folded by ``prepare_pt2e`` itself.
 
 Detection models export backbone + neck + head **without the box decode and without NMS**: the outputs are
-the raw per-level head maps ``cat(box_head(x_i), cls_head(x_i))``, NHWC (:class:`RawDetectHead`).
+the raw per-level head maps ``cat(box_head(x_i), cls_head(x_i))``, NHWC
+(:class:`RawDetectHead`, run by Ultralytics' ``_predict_once``).
 """
 
 from __future__ import annotations
@@ -218,34 +219,39 @@ def lower_for_export(model: nn.Module, fold_bn_in: bool = True,
     return model, counts
 
 
+class _RawDetect(nn.Module):
+    """The Detect layer's box and class convolutions per level, ``cat(box_i(x_i), cls_i(x_i))``: no DFL / anchor
+    decode, sigmoid or NMS (those belong to post-processing). Keeps the layer's ``i`` and ``f``."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        heads = getattr(head, "one2many", None)
+        if isinstance(heads, dict) and heads.get("box_head") is not None:
+            self.cv2, self.cv3 = heads["box_head"], heads["cls_head"]
+        else:  # named as in Detect, so the deployed graph's module names are the detector's
+            self.cv2, self.cv3 = head.cv2, head.cv3
+        self.i, self.f = head.i, head.f
+
+    def forward(self, x: List[torch.Tensor]) -> List[torch.Tensor]:
+        return [torch.cat([self.cv2[i](x[i]), self.cv3[i](x[i])], 1) for i in range(len(x))]
+
+
 class RawDetectHead(nn.Module):
     """An Ultralytics detection model up to its raw head outputs: ``[cat(box_i, cls_i) per level]``.
 
-    Runs the layers like ``BaseModel._predict_once`` and, at the Detect layer, applies its box and class
-    convolutions without the DFL / anchor decode, sigmoid and NMS (those belong to post-processing).
+    The model's layers with the Detect layer swapped for :class:`_RawDetect` (its own box and class convolutions),
+    run by Ultralytics' own ``BaseModel._predict_once`` (the routing of ``f`` and ``save``).
     """
 
     def __init__(self, det_model: nn.Module):
         super().__init__()
-        self.model = det_model.model
-        self.save = set(getattr(det_model, "save", []))
-        self.head = self.model[-1]
-        heads = getattr(self.head, "one2many", None)
-        if isinstance(heads, dict) and heads.get("box_head") is not None:
-            self.box, self.cls = heads["box_head"], heads["cls_head"]
-        else:
-            self.box, self.cls = self.head.cv2, self.head.cv3
+        self.model = nn.Sequential(*det_model.model[:-1], _RawDetect(det_model.model[-1]))
+        self.save = list(getattr(det_model, "save", []))
 
     def forward(self, x):
-        y: List[Any] = []
-        for m in self.model:
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            if m is self.head:
-                return [torch.cat([self.box[i](x[i]), self.cls[i](x[i])], 1) for i in range(len(x))]
-            x = m(x)
-            y.append(x if m.i in self.save else None)
-        raise RuntimeError("no Detect head found")
+        from ultralytics.nn.tasks import BaseModel
+
+        return BaseModel._predict_once(self, x)
 
 
 def is_detection_model(model: nn.Module) -> bool:

@@ -19,8 +19,21 @@ Two more reproduce the seed's own YOLOv5n-DERO layout (``cfg/yolov5n-dero-seed.y
   branch and the concat stay, the bottleneck residual goes (each unit has its own shortcut).
 * :class:`DeroSPPF` -- ``SPPF`` with its two 1x1 convolutions as DERO units (max-pools and concat stock).
 
+One more makes the YOLOv8 layout a YAML away (``cfg/yolov8n-dero.yaml``):
+
+* :class:`DeroC2f` -- ``C2f`` with every convolution a DERO unit, its structure kept as the seed keeps C3's
+  (the split, the growing list of bottleneck outputs and the concat stay; each bottleneck is two 3x3 units and
+  loses its two-operator residual, every unit having its own shortcut).
+
 ``shortcut=False`` builds the plain twin of any module (the units without shortcuts, no shortcut
 parameters).
+
+Each module also converts from the Ultralytics module it replaces (``DeroConv.from_conv``, ``DeroC3.from_c3``,
+``DeroC3Seed.from_c3``, ``DeroSPPF.from_sppf``; the pattern of ``nn.SyncBatchNorm.convert_sync_batchnorm``): the
+DERO module takes the stock module's channels, kernel, stride, padding and repeats, and the bookkeeping attributes
+Ultralytics' ``parse_model`` attaches (``i``, ``f``, ``type``; ``np`` recounted). The stock module is read
+duck-typed (its ``conv``, ``cv1``... attributes), so this file still imports torch only; its weights are not kept
+(a converted model is initialised afresh).
 """
 
 from __future__ import annotations
@@ -32,9 +45,37 @@ from torch import nn
 
 from .dero import DeroUnit
 
-__all__ = ["DeroConv", "DeroC3", "DeroC3Seed", "DeroSPPF", "YOLO_ACT"]
+__all__ = ["DeroConv", "DeroC3", "DeroC3Seed", "DeroC2f", "DeroSPPF", "YOLO_ACT"]
 
 YOLO_ACT = "silu"  # the YOLO family's activation (Ultralytics' Conv.default_act)
+
+
+def _bookkeeping(new: nn.Module, old: nn.Module) -> nn.Module:
+    """Copy Ultralytics' layer attributes (``i``, ``f``; ``type`` names the new class, ``np`` recounted)."""
+    for a in ("i", "f"):
+        if hasattr(old, a):
+            setattr(new, a, getattr(old, a))
+    if hasattr(old, "type"):
+        new.type = f"{type(new).__module__}.{type(new).__name__}"
+    if hasattr(old, "np"):
+        new.np = sum(p.numel() for p in new.parameters())
+    return new
+
+
+def _conv_geometry(conv: nn.Module) -> tuple:
+    """``(c1, c2, k, s, p)`` of an Ultralytics ``Conv`` (its ``conv`` attribute: a square, ungrouped Conv2d)."""
+    c = conv.conv
+    if c.groups != 1 or c.dilation != (1, 1) or len(set(c.kernel_size)) != 1 or len(set(c.stride)) != 1 \
+            or not isinstance(c.padding, tuple) or len(set(c.padding)) != 1:
+        raise ValueError(f"cannot convert {c}: a DERO unit needs a square, ungrouped, undilated convolution")
+    return c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.padding[0]
+
+
+def _c3_geometry(c3: nn.Module) -> tuple:
+    """``(c1, c2, n, hidden, shortcut)`` of an Ultralytics ``C3`` (its bottlenecks' ``add`` is its shortcut flag)."""
+    c1, c_ = c3.cv1.conv.in_channels, c3.cv1.conv.out_channels
+    shortcut = all(getattr(b, "add", True) for b in c3.m)
+    return c1, c3.cv3.conv.out_channels, len(c3.m), c_, shortcut
 
 
 class DeroConv(DeroUnit):
@@ -52,6 +93,12 @@ class DeroConv(DeroUnit):
         super().__init__(c1, c2, k=k, s=s, p=p, act=YOLO_ACT, shortcut=shortcut, drop_path=drop_path,
                          shortcut_bn=shortcut_bn, norm=norm, act_after_add=act_after_add)
 
+    @classmethod
+    def from_conv(cls, conv: nn.Module, shortcut: bool = True, **style) -> "DeroConv":
+        """The DERO unit replacing an Ultralytics ``Conv`` (same channels, kernel, stride and padding)."""
+        c1, c2, k, s, p = _conv_geometry(conv)
+        return _bookkeeping(cls(c1, c2, k, s, p, shortcut=shortcut, **style), conv)
+
 
 class DeroC3(nn.Sequential):
     """``C3`` as a chain of DERO units: 1x1 entry, ``n`` x (1x1, 3x3) bottlenecks, 1x1 exit.
@@ -63,8 +110,8 @@ class DeroC3(nn.Sequential):
     """
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, e: float = 0.5,
-                 drop_path: float = 0.0, **style):
-        c_ = int(c2 * e)
+                 drop_path: float = 0.0, hidden: Optional[int] = None, **style):
+        c_ = int(c2 * e) if hidden is None else hidden
         unit = dict(shortcut=shortcut, drop_path=drop_path, **style)
         units = [DeroConv(c1, c_, 1, **unit)]
         for _ in range(n):
@@ -73,6 +120,13 @@ class DeroC3(nn.Sequential):
         units.append(DeroConv(c_, c2, 1, **unit))
         super().__init__(*units)
         self.c1, self.c2, self.n, self.hidden = c1, c2, n, c_
+
+    @classmethod
+    def from_c3(cls, c3: nn.Module, shortcut: bool = True, **style) -> "DeroC3":
+        """The DERO chain replacing an Ultralytics ``C3`` (same channels, hidden width and repeats); the units get
+        shortcuts where ``shortcut`` and the C3's own bottleneck shortcut flag are both true."""
+        c1, c2, n, c_, sc = _c3_geometry(c3)
+        return _bookkeeping(cls(c1, c2, n, shortcut=shortcut and sc, hidden=c_, **style), c3)
 
 
 class DeroC3Seed(nn.Module):
@@ -84,17 +138,54 @@ class DeroC3Seed(nn.Module):
     """
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, e: float = 0.5,
-                 drop_path: float = 0.0, **style):
+                 drop_path: float = 0.0, hidden: Optional[int] = None, **style):
         super().__init__()
-        c_ = int(c2 * e)
+        c_ = int(c2 * e) if hidden is None else hidden
         unit = dict(shortcut=shortcut, drop_path=drop_path, **style)
         self.cv1 = DeroConv(c1, c_, 1, **unit)
         self.cv2 = DeroConv(c1, c_, 1, **unit)
         self.m = nn.Sequential(*(DeroConv(c_, c_, k, **unit) for _ in range(n) for k in (1, 3)))
         self.cv3 = DeroConv(2 * c_, c2, 1, **unit)
 
+    @classmethod
+    def from_c3(cls, c3: nn.Module, shortcut: bool = True, **style) -> "DeroC3Seed":
+        """The seed's DERO C3 replacing an Ultralytics ``C3`` (as :meth:`DeroC3.from_c3`)."""
+        c1, c2, n, c_, sc = _c3_geometry(c3)
+        return _bookkeeping(cls(c1, c2, n, shortcut=shortcut and sc, hidden=c_, **style), c3)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class DeroC2f(nn.Module):
+    """``C2f`` with DERO units: ``cv2(cat(y0, y1, m_1(y1), m_2(m_1(y1)), ...))`` where ``y0, y1 = cv1(x).chunk(2)``.
+
+    ``cv1``: 1x1 ``c1 -> 2 c``; ``m``: ``n`` bottlenecks, each two 3x3 units at ``c`` (no residual around the pair);
+    ``cv2``: 1x1 ``(2 + n) c -> c2``; hidden width ``c = int(c2 * e)`` as in ``C2f``.
+    Shapes: ``(N, c1, H, W) -> (N, c2, H, W)``.
+    """
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, e: float = 0.5,
+                 drop_path: float = 0.0, hidden: Optional[int] = None, **style):
+        super().__init__()
+        self.c = c = int(c2 * e) if hidden is None else hidden
+        unit = dict(shortcut=shortcut, drop_path=drop_path, **style)
+        self.cv1 = DeroConv(c1, 2 * c, 1, **unit)
+        self.cv2 = DeroConv((2 + n) * c, c2, 1, **unit)
+        self.m = nn.ModuleList(nn.Sequential(DeroConv(c, c, 3, **unit), DeroConv(c, c, 3, **unit))
+                               for _ in range(n))
+
+    @classmethod
+    def from_c2f(cls, c2f: nn.Module, shortcut: bool = True, **style) -> "DeroC2f":
+        """The DERO C2f replacing an Ultralytics ``C2f`` (same channels, hidden width and repeats). Unlike C3's,
+        C2f's bottleneck flag (``False`` in the neck) is not read: every unit's shortcut follows ``shortcut``."""
+        c1, c = c2f.cv1.conv.in_channels, c2f.c
+        return _bookkeeping(cls(c1, c2f.cv2.conv.out_channels, len(c2f.m), shortcut=shortcut, hidden=c, **style), c2f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
 
 
 class DeroSPPF(nn.Module):
@@ -109,6 +200,15 @@ class DeroSPPF(nn.Module):
         self.cv1 = DeroConv(c1, c_, 1, shortcut=shortcut, **style)
         self.cv2 = DeroConv(c_ * 4, c2, 1, shortcut=shortcut, **style)
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+
+    @classmethod
+    def from_sppf(cls, sppf: nn.Module, shortcut: bool = True, **style) -> "DeroSPPF":
+        """The DERO SPPF replacing an Ultralytics ``SPPF`` (same channels and pool size; three pools, no residual)."""
+        c1, c2 = sppf.cv1.conv.in_channels, sppf.cv2.conv.out_channels
+        if getattr(sppf, "n", 3) != 3 or getattr(sppf, "add", False) or c1 // 2 != sppf.cv1.conv.out_channels:
+            raise ValueError("only the YOLOv5/v8 SPPF (three pools, hidden c1 // 2, no residual) converts to DeroSPPF")
+        k = sppf.m.kernel_size
+        return _bookkeeping(cls(c1, c2, k if isinstance(k, int) else k[0], shortcut=shortcut, **style), sppf)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = [self.cv1(x)]

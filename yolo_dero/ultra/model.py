@@ -1,7 +1,7 @@
-"""Ultralytics extension points: a DetectionModel built by the project's parser, its trainer, a YOLO subclass.
+"""Ultralytics extension points: a DetectionModel with DERO units, its trainer, a YOLO subclass.
 
-* :class:`DeroDetectionModel` -- ``DetectionModel`` whose layers come from :func:`~.parser.build_model`
-  (not Ultralytics' ``parse_model``); carries ``memory_stages``.
+* :class:`DeroDetectionModel` -- ``DetectionModel`` built by Ultralytics from the stock-named layout of a project
+  YAML, whose DERO rows are then converted (:mod:`.convert`); carries ``memory_stages``.
 * :class:`DeroDetectionTrainer` -- ``DetectionTrainer`` whose ``get_model`` builds a DeroDetectionModel, whose
   checkpoints are written atomically and whose ``results.csv`` is rewound to the checkpoint on resume.
   Module-level, importable by path: Ultralytics' DDP launcher pickles the trainer class by reference.
@@ -25,7 +25,7 @@ from ultralytics import YOLO
 from ultralytics.models import yolo
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.modules import Detect
-from ultralytics.nn.tasks import BaseModel, DetectionModel
+from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import initialize_weights
 
@@ -33,8 +33,10 @@ from ..fileutil import atomic_write_bytes, remove_stale_temps, temp_sibling
 from ..nn.dero import exportable_shortcuts
 from ..nn.fuse import fuse_units
 from ..nn.padding import to_same_padding
+from ..nn import get_style
 from .env import offline_check_amp
-from .parser import build_model, load_model_yaml, resolve_model_yaml
+from .convert import convert_to_dero, stock_layout
+from .parser import ModelConfigError, load_model_yaml, parse_stages, resolve_model_yaml
 
 __all__ = ["DeroDetectionModel", "DeroDetectionTrainer", "DeroYOLO", "CheckpointError", "check_checkpoint",
            "atomic_checkpoint_writes", "rewind_results_csv"]
@@ -45,7 +47,10 @@ class CheckpointError(ValueError):
 
 
 class DeroDetectionModel(DetectionModel):
-    """A YOLO detection model built from a project YAML by the project's own parser.
+    """A YOLO detection model from a project YAML: Ultralytics' ``DetectionModel.__init__`` builds the layout with
+    every DERO row (``DeroConv``, ``DeroC3``, ``DeroC3Seed``, ``DeroSPPF``) as the stock module it replaces, then
+    those layers are converted (:func:`~.convert.convert_to_dero`) in the YAML's ``dero_style`` with shortcuts per
+    ``dero_shortcuts``, re-initialised (``initialize_weights``) and, with ``same_padding: true``, padded like TFLite.
 
     Args:
         cfg: model YAML path (resolved relative to cwd, then the repository) or an already loaded dict
@@ -62,36 +67,29 @@ class DeroDetectionModel(DetectionModel):
 
     def __init__(self, cfg: str | Path | dict = "yolov5n-dero.yaml", ch: int = 3, nc: int | None = None,
                  verbose: bool = True):
-        BaseModel.__init__(self)  # nn.Module init; DetectionModel.__init__ would call Ultralytics' parse_model
-        self.yaml = cfg if isinstance(cfg, dict) else load_model_yaml(cfg)
+        yaml = cfg if isinstance(cfg, dict) else load_model_yaml(cfg)
+        stock, plan = stock_layout(yaml)  # DERO rows written as the Ultralytics modules they replace
+        stages = parse_stages(yaml, len(stock["backbone"]) + len(stock["head"]))
+        try:  # the units' style (yolo_dero.nn.DeroStyle); a YAML without the key keeps the seed's unit
+            style = get_style(yaml.get("dero_style", "seed"))
+        except ValueError as e:
+            raise ModelConfigError(f"dero_style: {e}") from None
+        if nc and nc != stock["nc"]:
+            LOGGER.info(f"Overriding model.yaml nc={stock['nc']} with nc={nc}")
+            yaml["nc"] = stock["nc"] = nc
+        DetectionModel.__init__(self, stock, ch=ch, verbose=False)  # Ultralytics builds the stock layout
+        if not isinstance(self.model[-1], Detect):
+            raise ModelConfigError(f"last layer must be Detect, got {type(self.model[-1]).__name__}")
+        self.yaml = yaml  # the project's YAML, DERO names included (a checkpoint rebuilds from it)
         self.yaml["channels"] = ch
-        if nc and nc != self.yaml["nc"]:
-            LOGGER.info(f"Overriding model.yaml nc={self.yaml['nc']} with nc={nc}")
-            self.yaml["nc"] = nc
-        self.model, self.save, self.memory_stages = build_model(deepcopy(self.yaml), ch=ch,
-                                                                verbose=verbose and RANK in {-1, 0})
+        self.memory_stages = stages
+        if plan:  # the DERO delta: convert the named layers, then initialise as Ultralytics does
+            convert_to_dero(self.model, plan, style.unit_kwargs(), bool(self.yaml.get("dero_shortcuts", True)))
+            initialize_weights(self)  # Ultralytics' BatchNorm eps/momentum and in-place activations, new modules too
         if self.yaml.get("same_padding", False):  # TFLite-style SAME padding for strided layers (no PAD on export)
             to_same_padding(self.model)
-        self.names = {i: f"{i}" for i in range(self.yaml["nc"])}
-        self.inplace = self.yaml.get("inplace", True)
-
-        m = self.model[-1]
-        if not isinstance(m, Detect):
-            raise ValueError(f"last layer must be Detect, got {type(m).__name__}")
-        s = 256  # 2x the largest stride
-        m.inplace = self.inplace
-        self.model.eval()  # strides from a dry run without touching BatchNorm statistics
-        m.training = True
-        with torch.no_grad():
-            out = self.forward(torch.zeros(1, ch, s, s))
-        feats = (out.get("one2many", out) if isinstance(out, dict) else out)
-        feats = feats["feats"] if isinstance(feats, dict) else feats
-        m.stride = torch.tensor([s / x.shape[-2] for x in feats])
-        self.stride = m.stride
-        self.model.train()
-        m.bias_init()
-        initialize_weights(self)
         if verbose and RANK in {-1, 0}:
+            _layer_table(self.model)
             self.info()
             LOGGER.info("")
 
@@ -124,6 +122,13 @@ class DeroDetectionModel(DetectionModel):
         name = Path(self.yaml.get("yaml_file", "")).stem.replace("yolo", "YOLO") or "Model"
         LOGGER.info(f"{name} summary: {n_l:,} layers, {n_p:,} parameters, {n_g:,} gradients{fs}")
         return n_l, n_p, n_g, flops
+
+
+def _layer_table(layers: torch.nn.Sequential) -> None:
+    """The converted model's layer table, in the columns of Ultralytics' ``parse_model``."""
+    LOGGER.info(f"\n{'':>3}{'from':>20}{'params':>10}  {'module':<45}")
+    for m in layers:
+        LOGGER.info(f"{m.i:>3}{m.f!s:>20}{sum(p.numel() for p in m.parameters()):10.0f}  {m.type:<45}")
 
 
 def gflops(model: torch.nn.Module, imgsz: int | tuple[int, int] = 640) -> float:
