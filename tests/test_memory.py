@@ -221,8 +221,8 @@ def _registry():
     return get_model, set(list_models())
 
 
-FAMILIES = [("resnet34", "resnet34plain", "resnet34dero"), ("resnet50", "resnet50plain", "resnet50dero"),
-            ("mcunet_v4", "mcunet_plain_v4", "mcunet_dero_v4"),
+FAMILIES = [("resnet34", "resnet34_plain", "resnet34_dero"), ("resnet50", "resnet50_plain", "resnet50_dero"),
+            ("mcunet_v4", "mcunet_v4_plain", "mcunet_v4_dero"),
             ("densenet121", "densenet121_plain", "densenet121_dero")]
 
 

@@ -1,7 +1,7 @@
 """The model catalogue of the command lines: a model by registry name, model YAML path or ``.pt`` file.
 
-* a name registered in ``classification.models`` (``resnet34``, ``resnet34dero``, ``mcunet_plain_v4``...), optionally
-  with a DERO style after a colon (``mcunet_dero_v4:rep``, see ``yolo_dero.nn.DERO_STYLES``);
+* a name registered in ``classification.models`` (``resnet34``, ``resnet34_dero``, ``mcunet_v4_plain``...), optionally
+  with a DERO style after a colon (``mcunet_v4_dero:rep``, see ``yolo_dero.nn.DERO_STYLES``);
 * a path ending ``.yaml``/``.yml``: a detection model built by the project's
   :class:`yolo_dero.ultra.DeroDetectionModel` (looked up as given, in the repository, then in ``cfg/``);
 * a path ending ``.pt``/``.pth``: ``torch.load`` of a pickled module or of an Ultralytics checkpoint
@@ -47,7 +47,7 @@ def yaml_names() -> List[str]:
 
 
 def model_display_name(spec: str) -> str:
-    """``resnet34dero`` -> itself; ``cfg/yolov5n-dero.yaml`` -> ``yolov5n-dero``."""
+    """``resnet34_dero`` -> itself; ``cfg/yolov5n-dero.yaml`` -> ``yolov5n-dero``."""
     s = str(spec)
     return Path(s).stem if s.lower().endswith(YAML_SUFFIXES + PT_SUFFIXES) else s
 
@@ -120,7 +120,7 @@ def load_model(spec: str, verbose: bool = False) -> Tuple[nn.Module, str]:
         if not is_model(name):
             raise ModelNotFoundError(
                 f"unknown model {name!r}; registry models: {', '.join(names) or 'none'} (a DERO style may follow a "
-                f"colon: resnet34dero:rep); or a model YAML ({', '.join(yaml_names()) or 'none in cfg/'}) or a .pt "
+                f"colon: resnet34_dero:rep); or a model YAML ({', '.join(yaml_names()) or 'none in cfg/'}) or a .pt "
                 f"file")
         try:
             model = get_model(name, style=style) if style else get_model(name)

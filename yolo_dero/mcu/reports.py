@@ -511,10 +511,10 @@ def reparam_markdown(rows: Dict[str, Dict[str, Any]]) -> str:
 #: (family, input sizes, {variant: model spec}); every model is built with TFLite-style SAME padding
 #: (:func:`~yolo_dero.nn.padding.to_same_padding`), the deployment configuration the README recommends
 PAYOFF_CASES: List[Tuple[str, Tuple[int, ...], Dict[str, str]]] = [
-    ("ResNet34", (64, 128), {"original": "resnet34", "plain": "resnet34plain:rep",
-                             "DERO seed form": "resnet34dero", "DERO rep": "resnet34dero:rep"}),
-    ("MCUNet-v4", (96, 176), {"original": "mcunet_v4", "plain": "mcunet_plain_v4:rep",
-                              "DERO seed form": "mcunet_dero_v4", "DERO rep": "mcunet_dero_v4:rep"}),
+    ("ResNet34", (64, 128), {"original": "resnet34", "plain": "resnet34_plain:rep",
+                             "DERO seed form": "resnet34_dero", "DERO rep": "resnet34_dero:rep"}),
+    ("MCUNet-v4", (96, 176), {"original": "mcunet_v4", "plain": "mcunet_v4_plain:rep",
+                              "DERO seed form": "mcunet_v4_dero", "DERO rep": "mcunet_v4_dero:rep"}),
     ("DenseNet121", (64, 128), {"original": "densenet121", "plain": "densenet121_plain:rep",
                                 "DERO seed form": "densenet121_dero", "DERO rep": "densenet121_dero:rep"}),
     ("YOLOv5n", (128, 256), {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain-rep.yaml",

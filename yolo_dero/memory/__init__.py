@@ -8,7 +8,7 @@ Imports torch and :mod:`yolo_dero.nn` only; models are modules (a model declares
 the name registry), ``analyzer`` (:func:`analyze`), ``plot``. The command line (``__main__``) loads models by
 name, YAML or ``.pt`` through :mod:`yolo_dero.catalog`.
 
-CLI: ``python -m yolo_dero.memory --model resnet34dero --imgsz 224 [--engine tflm]``.
+CLI: ``python -m yolo_dero.memory --model resnet34_dero --imgsz 224 [--engine tflm]``.
 """
 
 from .analyzer import MemoryResult, analyze, analyze_engines, deployed_form, input_channels, trace_model

@@ -1,8 +1,8 @@
 """``python -m yolo_dero.memory``: peak activation memory of registry models, model YAMLs and ``.pt`` files.
 
-    python -m yolo_dero.memory --model resnet34dero --imgsz 224
+    python -m yolo_dero.memory --model resnet34_dero --imgsz 224
     python -m yolo_dero.memory --model cfg/yolov5n-dero.yaml --imgsz 320 --engine tflm
-    python -m yolo_dero.memory --model resnet34 --imgsz 224 --compare resnet34plain resnet34dero \\
+    python -m yolo_dero.memory --model resnet34 --imgsz 224 --compare resnet34_plain resnet34_dero \\
         --plot profile.png --json memory.json
 """
 
