@@ -23,12 +23,12 @@ Both rewrites are exact: the rewritten file's int8 outputs equal the original fi
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..nn.padding import same_pads
 from .tflite import METADATA_NAME, repack, schema_module
 
 __all__ = ["fold_pads", "cancel_transposes", "simplify", "simplify_file", "RewriteError"]
@@ -36,11 +36,6 @@ __all__ = ["fold_pads", "cancel_transposes", "simplify", "simplify_file", "Rewri
 
 class RewriteError(ValueError):
     """A file the rewrite cannot change safely."""
-
-
-def _same(n: int, k: int, s: int, d: int) -> Tuple[int, int]:
-    total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
-    return total // 2, total - total // 2
 
 
 def _const(model, tensor) -> Optional[np.ndarray]:
@@ -92,7 +87,8 @@ def _foldable(model, sg, pad_op, consumer, codes: Dict[int, str]) -> bool:
     pads = pads.reshape(4, 2).tolist()
     _, h, w, _ = (int(v) for v in t_in.shape)
     return pads[0] == [0, 0] and pads[3] == [0, 0] \
-        and tuple(pads[1]) == _same(h, kh, opts.strideH, dh) and tuple(pads[2]) == _same(w, kw, opts.strideW, dw)
+        and tuple(pads[1]) == same_pads(h, kh, opts.strideH, dh) \
+        and tuple(pads[2]) == same_pads(w, kw, opts.strideW, dw)
 
 
 def _remove_tensors(model, sg, unused: List[int]) -> None:
@@ -117,7 +113,8 @@ def _remove_tensors(model, sg, unused: List[int]) -> None:
 def _codes(model) -> Dict[int, str]:
     schema = schema_module()
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return {i: names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "?") for i, oc in enumerate(model.operatorCodes)}
+    return {i: names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "?")
+            for i, oc in enumerate(model.operatorCodes)}
 
 
 def _consumers(sg) -> Dict[int, List[int]]:
@@ -132,7 +129,8 @@ def _consumers(sg) -> Dict[int, List[int]]:
 def _drop(model, sg, drop_ops) -> None:
     """Remove operators ``drop_ops`` and every tensor no remaining operator or subgraph I/O uses."""
     sg.operators = [op for j, op in enumerate(sg.operators) if j not in drop_ops]
-    used = {int(t) for op in sg.operators for t in list(op.inputs) + list(op.outputs) if int(t) >= 0}
+    used = {int(t) for op in sg.operators for t in list(op.inputs if op.inputs is not None else [])
+            + list(op.outputs if op.outputs is not None else []) if int(t) >= 0}
     used |= {int(t) for t in sg.inputs} | {int(t) for t in sg.outputs}
     _remove_tensors(model, sg, [i for i in range(len(sg.tensors)) if i not in used])
 
@@ -190,7 +188,8 @@ def cancel_transposes(model) -> int:
                             or [int(p1[int(i)]) for i in p2] != list(range(len(p2))):
                         continue
                     for op in sg.operators:  # the readers of the round trip read its input
-                        op.inputs = [src if int(t) == dst else int(t) for t in op.inputs]
+                        if op.inputs is not None:
+                            op.inputs = [src if int(t) == dst else int(t) for t in op.inputs]
                     drop_ops.add(k)
                 if drop_ops and mid not in outputs and all(c in drop_ops for c in consumers.get(mid, [])):
                     drop_ops.add(j)

@@ -146,7 +146,8 @@ class FusedUnit(nn.Module):
             border = -np.einsum("ouv,ijuv->oij", self.border_taps, missed.astype(np.float64))
             top, bottom = _bands(rows.any(1))
             left, right = _bands(cols.any(1))
-            self._borders[key] = (torch.from_numpy(border[None]).to(like.device, like.dtype), (top, bottom, left, right))
+            bands = (top, bottom, left, right)
+            self._borders[key] = (torch.from_numpy(border[None]).to(like.device, like.dtype), bands)
         return self._borders[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
