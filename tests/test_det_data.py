@@ -97,6 +97,21 @@ def test_builtin_photo_digits_yaml_resolves_to_the_real_image_set(monkeypatch, t
     assert len(list((rd.root / "images" / "train").glob("*.jpg"))) == 4
 
 
+def test_builtin_datasets_have_cache_folders_of_their_own():
+    """The detection photo-digits set once shared its cache folder with the classification benchmark: generating one
+    replaced the other under a running training. Every built-in set must own its folder."""
+    import yaml
+
+    from classification.data import PHOTO_DIGITS_DIRNAME
+
+    folders = [PHOTO_DIGITS_DIRNAME]
+    for f in sorted((REPO_ROOT / "data").glob("*.yaml")):
+        d = yaml.safe_load(f.read_text())
+        if "builtin" in d:
+            folders.append(str(d.get("cache_name", d["builtin"])))
+    assert len(folders) == len(set(folders)), folders
+
+
 def test_coco_yaml_has_no_download_and_the_80_to_91_map():
     from ultralytics.data.converter import coco80_to_coco91_class
 
