@@ -444,12 +444,17 @@ def _reparam_key(family: str, size: int, variant: str) -> str:
     return f"{family} @{size} {variant}"
 
 
+def _saved_rows(out_json: Path, force: bool) -> Dict[str, Dict[str, Any]]:
+    """The rows a resumable zoo report already measured (none with ``force``), by key."""
+    if force or not out_json.is_file():
+        return {}
+    return {r["key"]: r for r in json.loads(out_json.read_text())["rows"]}
+
+
 def reparam_report(out_md: Path, out_json: Path, only: Optional[Sequence[str]] = None, num_calib: int = 2,
                    force: bool = False) -> Dict[str, Any]:
     """Measure every case (or the families in ``only``), reusing rows already in ``out_json`` unless ``force``."""
-    rows: Dict[str, Dict[str, Any]] = {}
-    if out_json.is_file() and not force:
-        rows = {r["key"]: r for r in json.loads(out_json.read_text())["rows"]}
+    rows = _saved_rows(out_json, force)
     with tempfile.TemporaryDirectory() as tmp:
         for family, size, specs in REPARAM_CASES:
             if only and family not in only:
@@ -548,16 +553,14 @@ def payoff_case(spec: str, imgsz: int, workdir: Path, num_calib: int = 2, n_inpu
 def payoff_report(out_md: Path, out_json: Path, only: Optional[Sequence[str]] = None, num_calib: int = 2,
                   force: bool = False, log=print) -> Dict[str, Any]:
     """Every :data:`PAYOFF_CASES` row (or the families in ``only``), resuming from the rows in ``out_json``."""
-    rows: Dict[str, Dict[str, Any]] = {}
-    if out_json.is_file() and not force:
-        rows = {r["key"]: r for r in json.loads(out_json.read_text())["rows"]}
+    rows = _saved_rows(out_json, force)
     with tempfile.TemporaryDirectory() as tmp:
         for family, sizes, specs in PAYOFF_CASES:
             if only and family not in only:
                 continue
             for size in sizes:
                 for variant, spec in specs.items():
-                    key = f"{family} @{size} {variant}"
+                    key = _reparam_key(family, size, variant)
                     if key in rows and "error" not in rows[key]:
                         continue
                     try:
