@@ -6,7 +6,8 @@ Evaluate:         python classification/train.py --model resnet34_dero --data-pa
 
 ``--data-path`` is an ImageFolder root with ``train/`` and ``val/``. Without it the built-in synthetic
 shapes dataset is generated (once) and used, with crop sizes suited to its 64x64 images.
-Every epoch writes ``checkpoint.pth`` and ``model_<epoch>.pth`` (atomically) to ``--output-dir``;
+Every epoch writes ``checkpoint.pth`` and ``model_<epoch>.pth`` (atomically; ``--no-epoch-checkpoints`` keeps only
+the former) to ``--output-dir``;
 ``--resume <output-dir>/checkpoint.pth`` continues an interrupted run up to ``--epochs``.
 """
 
@@ -116,6 +117,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--print-freq", default=10, type=int, help="progress line every N iterations")
     p.add_argument("--output-dir", default=".", type=str, help="where checkpoints are written")
     p.add_argument("--resume", default="", type=str, help="checkpoint.pth to continue from")
+    p.add_argument("--epoch-checkpoints", default=True, action=argparse.BooleanOptionalAction,
+                   help="also keep model_<epoch>.pth for every epoch (torchvision's reference does); "
+                        "--no-epoch-checkpoints keeps only checkpoint.pth, for sweeps that would fill the disk")
     p.add_argument("--start-epoch", default=0, type=int, metavar="N", help="first epoch (overridden by --resume)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPU only)")
     p.add_argument("--test-only", action="store_true", help="only evaluate (use with --weights or --resume)")
@@ -730,9 +734,10 @@ def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> H
             if scaler is not None:
                 ckpt["scaler"] = scaler.state_dict()
             out = Path(args.output_dir)
-            utils.save_atomic(ckpt, out / f"model_{epoch}.pth")
+            if args.epoch_checkpoints:
+                utils.save_atomic(ckpt, out / f"model_{epoch}.pth")
             utils.save_atomic(ckpt, out / "checkpoint.pth")
-            print(f"Saved {out / 'checkpoint.pth'} and model_{epoch}.pth")
+            print(f"Saved {out / 'checkpoint.pth'}" + (f" and model_{epoch}.pth" if args.epoch_checkpoints else ""))
             history.checkpoint = str(out / "checkpoint.pth")
         if on_epoch_end is not None and utils.is_main():
             on_epoch_end(record)

@@ -160,6 +160,18 @@ def test_resume_continues_to_epochs(work, data, trained):
 
 
 @pytest.mark.slow
+def test_no_epoch_checkpoints_keeps_only_the_resumable_one(work, data, trained):
+    src, _ = trained
+    out = work / "one_file"
+    out.mkdir()
+    shutil.copy(src / "checkpoint.pth", out / "checkpoint.pth")
+    _ok(_train(work, *_common(data, out), "--epochs", "2", "--lr", "0.02", "--resume", out / "checkpoint.pth",
+               "--no-epoch-checkpoints"))
+    assert _epoch(out / "checkpoint.pth") == 1
+    assert sorted(f.name for f in out.iterdir()) == ["checkpoint.pth"]
+
+
+@pytest.mark.slow
 def test_resume_after_kill(work, data):
     out = work / "killed"
     cmd = [sys.executable, TRAIN, *map(str, _common(data, out)), "--epochs", "3", "--lr", "0.02"]

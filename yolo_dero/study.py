@@ -96,7 +96,9 @@ def run_cls(arch: str, arm: str, seed: int, args) -> Dict[str, Any]:
     model = CLS_ARCHS[arch][variant]
     tag = budget_tag(args)
     run_dir = Path(args.runs) / tag / arch / arm / f"seed{seed}"
-    argv = ["--model", model, "--seed", str(seed), "--output-dir", str(run_dir)] + cls_budget_argv(args) + extra
+    # one checkpoint per run: a sweep keeping every epoch's copy filled 46 GB of disk
+    argv = (["--model", model, "--seed", str(seed), "--output-dir", str(run_dir), "--no-epoch-checkpoints"]
+            + cls_budget_argv(args) + extra)
     if arm.endswith("-kd"):
         teacher = Path(args.runs) / tag / arch / "original" / f"seed{seed}" / "checkpoint.pth"
         if not teacher.is_file():
