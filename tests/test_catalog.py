@@ -31,9 +31,10 @@ def test_unknown_arch_or_variant_is_named():
 
 
 def test_listing_shows_current_names_only():
-    current = list_models(include_deprecated=False)
+    current = list_models()
     assert not set(current) & set(DEPRECATED_NAMES)
-    assert list_models() == current + sorted(DEPRECATED_NAMES)  # membership tests still accept the old names
+    assert list_models(include_deprecated=True) == current + sorted(DEPRECATED_NAMES)
+    assert all(is_model(old) for old in DEPRECATED_NAMES)  # the old names stay accepted
     with pytest.raises(ValueError, match="valid names: ") as e:
         get_model("resnet18")
     assert "resnet34_dero" in str(e.value) and "resnet34dero" not in str(e.value)

@@ -42,11 +42,10 @@ def register_model(name: str | None = None) -> Callable[[Callable[..., nn.Module
     return wrapper
 
 
-def list_models(include_deprecated: bool = True) -> List[str]:
-    """Names the registry accepts, sorted: the current names, then (``include_deprecated``) the deprecated aliases.
+def list_models(include_deprecated: bool = False) -> List[str]:
+    """The current registry names, sorted; with ``include_deprecated`` the deprecated aliases follow them.
 
-    ``list_models(include_deprecated=False)`` is the listing to show; the default keeps the aliases in for callers
-    that test membership in this list, so old names stay accepted there (``is_model`` is the membership test).
+    :func:`is_model` is the membership test: it accepts the aliases too.
     """
     return sorted(BUILTIN_MODELS) + (sorted(DEPRECATED_NAMES) if include_deprecated else [])
 
