@@ -202,3 +202,12 @@ def test_same_padding_is_recorded_and_a_mismatch_refused(tiny, tmp_path):
     h = T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "eval", "--test-only", "--weights", ckpt,
                                                    "--same-padding")))
     assert math.isfinite(h.acc1)
+
+
+def test_gradient_clipping_is_part_of_the_budget():
+    base = ["cls", "--arch", "mcunet_v4", "--lr", "0.05"]
+    plain, clipped = study.parser().parse_args(base), study.parser().parse_args(base + ["--clip-grad-norm", "1"])
+    assert study.budget_tag(clipped) == study.budget_tag(plain) + "-clip1"  # never mixed in one table
+    assert "--clip-grad-norm" not in study.cls_budget_argv(plain)
+    argv = study.cls_budget_argv(clipped)
+    assert argv[argv.index("--clip-grad-norm") + 1] == "1"

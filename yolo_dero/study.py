@@ -70,14 +70,16 @@ def cls_budget_argv(args) -> List[str]:
             "--lr-scheduler", "cosineannealinglr", "--lr-warmup-epochs", str(args.warmup_epochs),
             "--lr-warmup-method", "linear", "--lr-step-unit", "iter", "--label-smoothing", str(args.label_smoothing),
             "--crop-scale-min", str(args.crop_scale_min), "--hflip-prob", str(args.hflip_prob),
-            "-j", str(args.workers), "--print-freq", "1000000"] + (["--device", args.device] if args.device else [])
+            "-j", str(args.workers), "--print-freq", "1000000"] + (["--device", args.device] if args.device else []) \
+        + (["--clip-grad-norm", f"{args.clip_grad_norm:g}"] if getattr(args, "clip_grad_norm", None) else [])
 
 
 def budget_tag(args) -> str:
     """A folder name for the budget, so runs of different budgets never mix in one table."""
     if args.kind == "cls":
         return (f"cls-e{args.epochs}-b{args.batch_size}-lr{args.lr:g}-w{args.warmup_epochs}-wd{args.wd:g}"
-                f"-ls{args.label_smoothing:g}-crop{args.crop_scale_min:g}-flip{args.hflip_prob:g}")
+                f"-ls{args.label_smoothing:g}-crop{args.crop_scale_min:g}-flip{args.hflip_prob:g}"
+                + (f"-clip{args.clip_grad_norm:g}" if getattr(args, "clip_grad_norm", None) else ""))
     return f"det-e{args.epochs}-i{args.imgsz}-b{args.batch}-n{args.n_train}"
 
 
@@ -583,6 +585,8 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--label-smoothing", type=float, default=0.1)
             q.add_argument("--crop-scale-min", type=float, default=0.35)
             q.add_argument("--hflip-prob", type=float, default=0.0, help="digits are not mirror-symmetric")
+            q.add_argument("--clip-grad-norm", type=float, default=None,
+                           help="clip the gradient norm of every arm (part of the budget; off by default)")
             q.add_argument("--distill-alpha", type=float, default=0.7)
             q.add_argument("--distill-temperature", type=float, default=4.0)
             q.add_argument("-j", "--workers", type=int, default=0)
