@@ -70,8 +70,8 @@ def cls_budget_argv(args) -> List[str]:
             "--lr-scheduler", "cosineannealinglr", "--lr-warmup-epochs", str(args.warmup_epochs),
             "--lr-warmup-method", "linear", "--lr-step-unit", "iter", "--label-smoothing", str(args.label_smoothing),
             "--crop-scale-min", str(args.crop_scale_min), "--hflip-prob", str(args.hflip_prob),
-            "-j", str(args.workers), "--print-freq", "1000000"] + (["--device", args.device] if args.device else []) \
-        + (["--clip-grad-norm", f"{args.clip_grad_norm:g}"] if getattr(args, "clip_grad_norm", None) else [])
+            "-j", str(args.workers), "--print-freq", "1000000"] + (["--device", args.device] if args.device else []) + (
+        ["--clip-grad-norm", f"{args.clip_grad_norm:g}"] if args.clip_grad_norm else [])
 
 
 def budget_tag(args) -> str:
@@ -79,7 +79,7 @@ def budget_tag(args) -> str:
     if args.kind == "cls":
         return (f"cls-e{args.epochs}-b{args.batch_size}-lr{args.lr:g}-w{args.warmup_epochs}-wd{args.wd:g}"
                 f"-ls{args.label_smoothing:g}-crop{args.crop_scale_min:g}-flip{args.hflip_prob:g}"
-                + (f"-clip{args.clip_grad_norm:g}" if getattr(args, "clip_grad_norm", None) else ""))
+                + (f"-clip{args.clip_grad_norm:g}" if args.clip_grad_norm else ""))
     return f"det-e{args.epochs}-i{args.imgsz}-b{args.batch}-n{args.n_train}"
 
 
