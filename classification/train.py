@@ -32,7 +32,7 @@ from torch import nn
 from classification import data as cdata
 from classification import utils
 from yolo_dero.fileutil import remove_stale_temps, unwritable_reason
-from yolo_dero.nn import NotFoldableError, reparameterize
+from yolo_dero.nn import DeroUnit, NotFoldableError, reparameterize
 from yolo_dero.nn.padding import to_same_padding
 
 BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
@@ -310,8 +310,9 @@ def load_weights_into(model: nn.Module, obj, source: str, what: str, args) -> No
         print(f"{what} {source}: folded (re-parameterized) weights; evaluating the folded model")
         problem = None
     if problem:
+        style_hint = " and --dero-style" if any(isinstance(m, DeroUnit) for m in model.modules()) else ""
         raise UserError(f"{what} {source} does not fit --model {args.model} with {args.num_classes} classes: "
-                        f"{problem}. Pass the --model (and --num-classes) the file was trained with.")
+                        f"{problem}. Pass the --model (and --num-classes{style_hint}) the file was trained with.")
     model.load_state_dict(sd)
 
 

@@ -234,6 +234,16 @@ def test_weights_of_another_architecture(work, data, tmp_path):
     assert "Traceback" not in p.stderr
 
 
+def test_weights_of_another_dero_style_name_the_option(work, data, tmp_path):
+    """A DERO checkpoint of another unit style has other shortcut BatchNorms: the error names --dero-style."""
+    torch.save(get_model("mcunet_v4_dero", num_classes=3, style="seed").state_dict(), tmp_path / "seed.pth")
+    args = [a if a != MODEL else "mcunet_v4_dero" for a in _common(data)]
+    p = _train(work, *args, "--test-only", "--weights", tmp_path / "seed.pth")
+    assert p.returncode != 0
+    assert "does not fit --model mcunet_v4_dero" in p.stderr and "--dero-style" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(work, data):
     out = work / "nan"

@@ -1,5 +1,7 @@
 """The DERO unit's math, pinned against hand computations."""
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -81,6 +83,22 @@ def test_dero_unit_shrink_fold_linear_by_hand():
     torch.testing.assert_close(unit(x), unit.conv(x) + fold)
 
 
+def test_dero_unit_shrink_slice_keeps_the_first_channels_unnormalized():
+    torch.manual_seed(0)
+    unit = DeroUnit(6, 2, k=1, act=None, shortcut_bn="changes", shortcut_shrink="slice")
+    assert isinstance(unit.shortcut.bn, nn.Identity)  # a slice keeps the statistics of the channels it keeps
+    _neutral_bn(unit)
+    x = torch.randn(1, 6, 3, 3)
+    torch.testing.assert_close(unit(x), unit.conv(x) + x[:, :2])
+    assert unit.shortcut.target_channels().tolist() == [0, 1, -1, -1, -1, -1]
+    strided = DeroUnit(6, 2, k=3, s=2, act=None, shortcut_bn="changes", shortcut_shrink="slice")
+    assert isinstance(strided.shortcut.bn, nn.BatchNorm2d)  # the sum-pool still changes them
+    # growth and identity have nothing to slice: the option leaves them as they are
+    assert DeroUnit(2, 6, k=1, shortcut_shrink="slice").shortcut.target_channels().tolist() == [0, 1]
+    with pytest.raises(ValueError, match="'fold' or 'slice'"):
+        DeroUnit(6, 2, k=1, shortcut_shrink="drop")
+
+
 def test_shortcut_bn_is_applied():
     unit = DeroUnit(3, 3, k=1, act=None)
     unit.eval()
@@ -142,9 +160,10 @@ def test_unknown_activation_is_a_clear_error():
 
 def test_exportable_shortcut_is_the_same_math():
     torch.manual_seed(0)
-    for ci, co, k, s, p in [(3, 16, 6, 2, 2), (16, 32, 3, 2, 1), (32, 16, 1, 1, 0), (24, 16, 1, 1, 0),
-                            (8, 12, 1, 2, 0), (40, 16, 3, 2, 1)]:
-        m = Shortcut(ci, co, k, s, p).eval()
+    cases = [(3, 16, 6, 2, 2), (16, 32, 3, 2, 1), (32, 16, 1, 1, 0), (24, 16, 1, 1, 0), (8, 12, 1, 2, 0),
+             (40, 16, 3, 2, 1)]
+    for (ci, co, k, s, p), shrink in itertools.product(cases, ("fold", "slice")):
+        m = Shortcut(ci, co, k, s, p, shrink=shrink).eval()
         m.bn.running_mean.uniform_(-1, 1)
         for h in (15, 16):
             x = torch.randn(2, ci, h, h)
@@ -152,7 +171,7 @@ def test_exportable_shortcut_is_the_same_math():
                 ref = m(x)
                 with exportable_shortcuts():
                     alt = m(x)
-            assert torch.allclose(ref, alt, atol=1e-5), (ci, co, k, s, p, h)
+            assert torch.allclose(ref, alt, atol=1e-5), (ci, co, k, s, p, shrink, h)
     assert Shortcut.exportable is False  # restored
 
 

@@ -17,9 +17,10 @@ FUSE_CASES = UNIT_CASES + [dict(c_in=16, c_out=8, k=3, s=2)]  # strided sum-pool
 @pytest.mark.parametrize("case", FUSE_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_fused_seed_unit_equals_the_unit(case, norm):
-    for shortcut_bn in ("all", "changes"):
+    for shortcut_bn, shrink in (("all", "fold"), ("changes", "fold"), ("changes", "slice")):
         for act in ("relu", "silu"):
-            unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn))
+            unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn,
+                                          shortcut_shrink=shrink))
             fused = fuse_units(nn.Sequential(copy.deepcopy(unit)))[0]
             assert isinstance(fused, FusedUnit)
             assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
@@ -28,9 +29,9 @@ def test_fused_seed_unit_equals_the_unit(case, norm):
                 x = torch.randn(2, case["c_in"], size, size)
                 with torch.no_grad():
                     y = unit(x)
-                    assert _rel_err(y, fused(x)) < 1e-5, (norm, shortcut_bn, act, size)
+                    assert _rel_err(y, fused(x)) < 1e-5, (norm, shortcut_bn, shrink, act, size)
                     with exportable_shortcuts():  # the out-of-place path used while a tracer captures the graph
-                        assert _rel_err(y, fused(x)) < 1e-5, (norm, shortcut_bn, act, size, "export")
+                        assert _rel_err(y, fused(x)) < 1e-5, (norm, shortcut_bn, shrink, act, size, "export")
 
 
 def test_fused_border_is_what_zero_padding_after_bn_in_needs():
@@ -60,7 +61,8 @@ def test_fused_pool_and_foldable_units():
 
 
 @pytest.mark.parametrize("name,style", [("resnet34_dero", "seed"), ("mcunet_v4_dero", "seed"),
-                                        ("mcunet_v4_dero", "default"), ("densenet121_dero", "default")])
+                                        ("mcunet_v4_dero", "default"), ("mcunet_v4_dero", "slice"),
+                                        ("densenet121_dero", "default")])
 def test_fused_family_equals_unfused(name, style):
     torch.manual_seed(0)
     model = _randomize_bn(get_model(name, num_classes=10, style=style))

@@ -40,16 +40,17 @@ UNIT_CASES = [
 @pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("case", UNIT_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_folded_unit_equals_the_unit(norm, case):
-    for shortcut_bn in ("all", "changes"):
+    for shortcut_bn, shrink in (("all", "fold"), ("changes", "fold"), ("changes", "slice")):
         for act in ("relu", "silu", None):
-            unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn, act_after_add=True))
+            unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn, act_after_add=True,
+                                          shortcut_shrink=shrink))
             folded = fold_unit(unit)
             assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
             for size in (15, 16):  # odd sizes exercise the borders and the ceil-mode window
                 x = torch.randn(2, case["c_in"], size, size)
                 y = unit(x)
                 assert folded(x).shape == y.shape
-                assert _rel_err(y, folded(x)) < 1e-5, (norm, shortcut_bn, act, size)
+                assert _rel_err(y, folded(x)) < 1e-5, (norm, shortcut_bn, shrink, act, size)
 
 
 def test_pre_norm_unit_pads_before_bn_in():
@@ -90,10 +91,12 @@ def _conv_shapes(model: nn.Module):
     return [(tuple(m.weight.shape), m.stride, m.padding, m.groups) for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-@pytest.mark.parametrize("dero_name,plain_name,size", FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_reparameterized_family_equals_unfused_and_is_the_plain_network(dero_name, plain_name, size):
+@pytest.mark.parametrize("dero_name,plain_name,size,style",
+                         [f + ("rep",) for f in FAMILIES] + [("mcunet_v4_dero", "mcunet_v4_plain", 48, "rep-slice")],
+                         ids=[f[0] for f in FAMILIES] + ["mcunet_v4_dero-slice"])
+def test_reparameterized_family_equals_unfused_and_is_the_plain_network(dero_name, plain_name, size, style):
     torch.manual_seed(0)
-    dero = _randomize_bn(get_model(dero_name, num_classes=10, style="rep"))
+    dero = _randomize_bn(get_model(dero_name, num_classes=10, style=style))
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         y = dero(x)

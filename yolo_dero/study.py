@@ -56,6 +56,8 @@ CLS_ARMS: Dict[str, tuple] = {
     "dero-rep-zero": ("dero", ["--dero-style", "rep", "--branch-gain", "0"]),
     "dero-rep-kd": ("dero", ["--dero-style", "rep"]),
     "plain-rep": ("plain", ["--dero-style", "rep"]),
+    "dero-slice": ("dero", ["--dero-style", "slice"]),
+    "dero-rep-slice": ("dero", ["--dero-style", "rep-slice"]),
     "repvgg": ("dero", ["--dero-style", "repvgg"]),  # not DERO: RepVGG's branches on the same topology
 }
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",

@@ -59,6 +59,10 @@ class DeroStyle:
             identity branch; elsewhere the unit has none.
         branch_gain: initial weight of the operator's BatchNorm in units with a shortcut (``norm="post"`` only);
             0 starts every unit as its shortcut alone ("zero-init residual").
+        shortcut_shrink: how ``S`` matches fewer output channels: ``"fold"`` (sum groups of ``c_out`` channels, the
+            seed's) or ``"slice"`` (keep the first ``c_out`` channels, an exact identity on them). In an inverted
+            bottleneck the fold adds every expanded channel onto the block input's channels, so the input's share of
+            the signal shrinks with every block; the slice keeps it, as the original's block residual does.
     """
 
     shortcut_norm: str = "all"
@@ -70,25 +74,31 @@ class DeroStyle:
     branch_1x1: bool = False
     identity_shortcuts_only: bool = False
     branch_gain: float = 1.0
+    shortcut_shrink: str = "fold"
 
     def __post_init__(self):
         if self.shortcut_norm not in ("all", "changes", "strided", "none"):
             raise ValueError(f"shortcut_norm must be 'all', 'changes', 'strided' or 'none', got {self.shortcut_norm!r}")
         if self.norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {self.norm!r}")
+        if self.shortcut_shrink not in ("fold", "slice"):
+            raise ValueError(f"shortcut_shrink must be 'fold' or 'slice', got {self.shortcut_shrink!r}")
 
     def unit_kwargs(self) -> Dict[str, object]:
         """The :class:`DeroUnit` keyword arguments this style sets."""
         kw = dict(shortcut_bn=self.shortcut_norm, norm=self.norm, act_after_add=self.act_after_add)
         if self.branch_1x1 or self.identity_shortcuts_only:  # RepVGG's extras: absent from the DERO styles' kwargs
             kw.update(branch_1x1=self.branch_1x1, identity_shortcuts_only=self.identity_shortcuts_only)
+        if self.shortcut_shrink != "fold":
+            kw.update(shortcut_shrink=self.shortcut_shrink)
         return kw
 
 
 # "seed": the unit exactly as the seed trains it; "identity": the seed's pre-norm unit with exact identity shortcuts;
-# "identity-headnorm": identity shortcuts and a BatchNorm before the classifier's pooling; "post": identity shortcuts
-# and the BatchNorm after the conv; "rep" / "rep-pre": the re-parameterizable form (activation after the add, pools
-# plain) with the BatchNorm after / before the conv; "default": the accuracy study's winner
+# "identity-headnorm": identity shortcuts and a BatchNorm before the classifier's pooling; "slice": that, with
+# shrinking shortcuts slicing instead of folding; "post": identity shortcuts and the BatchNorm after the conv;
+# "rep" / "rep-pre": the re-parameterizable form (activation after the add, pools plain) with the BatchNorm after /
+# before the conv; "rep-slice": "rep" with slicing shortcuts; "default": the accuracy study's winner
 # (results/study/accuracy_study.md).
 DERO_STYLES: Dict[str, DeroStyle] = {
     "seed": DeroStyle(shortcut_norm="all", norm="pre"),
@@ -96,6 +106,9 @@ DERO_STYLES: Dict[str, DeroStyle] = {
     "post": DeroStyle(shortcut_norm="changes", norm="post"),
     "identity-headnorm": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True),
     "rep": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True, pool_shortcut=False),
+    "slice": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, shortcut_shrink="slice"),
+    "rep-slice": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True,
+                           pool_shortcut=False, shortcut_shrink="slice"),
     "rep-pre": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, act_after_add=True,
                          pool_shortcut=False),
     # not DERO: RepVGG's training-time unit (kxk + 1x1 + identity BatchNorm branches) on the same topology, the
@@ -103,7 +116,7 @@ DERO_STYLES: Dict[str, DeroStyle] = {
     "repvgg": DeroStyle(shortcut_norm="all", norm="post", act_after_add=True, pool_shortcut=False, branch_1x1=True,
                         identity_shortcuts_only=True),
 }
-DERO_STYLES["default"] = DERO_STYLES["identity-headnorm"]
+DERO_STYLES["default"] = DERO_STYLES["slice"]
 
 
 def get_style(style: Union[str, DeroStyle, None] = None, **overrides) -> DeroStyle:
@@ -214,22 +227,27 @@ class Shortcut(nn.Module):
     * stride ``s > 1``: sum-pooling with the operator's kernel, stride and padding (average pooling
       with ``divisor_override=1``); for a 1x1 kernel the window is ``s x s`` (ceil mode, so the
       output size equals the strided 1x1 conv's ``ceil(H / s)``);
-    * ``c_in < c_out``: zero-pad the missing channels; ``c_in > c_out``: fold (see :func:`fold_channels`);
+    * ``c_in < c_out``: zero-pad the missing channels; ``c_in > c_out``: fold (see :func:`fold_channels`), or with
+      ``shrink="slice"`` keep the first ``c_out`` channels (an exact identity on them, so no BatchNorm under
+      ``bn="changes"``);
     * otherwise identity.
 
     Shapes: ``(N, c_in, H, W) -> (N, c_out, H_out, W_out)``.
     """
 
     def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, p: Optional[int] = None,
-                 bn: ShortcutNorm = True):
+                 bn: ShortcutNorm = True, shrink: str = "fold"):
         super().__init__()
+        if shrink not in ("fold", "slice"):
+            raise ValueError(f"shortcut shrink must be 'fold' or 'slice', got {shrink!r}")
         self.c_in, self.c_out, self.s = c_in, c_out, s
+        self.shrink = shrink if c_in > c_out else "fold"  # only a shrinking shortcut has a choice
         if s > 1 and k == 1:
             self.k, self.p, self.ceil_mode = s, 0, True
         else:
             self.k, self.p, self.ceil_mode = k, (k // 2 if p is None else p), False
-        if bn == "changes":  # only where S changes the statistics: a sum-pool or a fold
-            bn = s > 1 or c_in > c_out
+        if bn == "changes":  # only where S changes the statistics: a sum-pool or a fold (a slice keeps them)
+            bn = s > 1 or (c_in > c_out and self.shrink == "fold")
         elif bn == "strided":  # only after a sum-pool (a fold of zero-padded channels stays an exact identity)
             bn = s > 1
         elif isinstance(bn, str):
@@ -241,12 +259,23 @@ class Shortcut(nn.Module):
 
     exportable = False  # set by :func:`exportable_shortcuts` while a model is exported
 
+    def target_channels(self) -> torch.Tensor:
+        """For each input channel ``i``, the output channel ``S`` adds it to (-1: ``S`` drops it): ``i`` for
+        identity and growth, ``i mod c_out`` for a fold, ``i`` if ``i < c_out`` else -1 for a slice. The fused,
+        folded and exported forms of the shortcut are built from this map."""
+        i = torch.arange(self.c_in)
+        if self.shrink == "slice":
+            return torch.where(i < self.c_out, i, torch.full_like(i, -1))
+        return i % self.c_out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.exportable:
             return self.bn(self._exportable_s(x))
         if self.s > 1:
             x = F.avg_pool2d(x, self.k, self.s, self.p, ceil_mode=self.ceil_mode,
                              count_include_pad=True, divisor_override=1)
+        if self.shrink == "slice":
+            return self.bn(x[:, :self.c_out])
         return self.bn(fold_channels(x, self.c_out))
 
     def _exportable_s(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,6 +297,8 @@ class Shortcut(nn.Module):
         c_in, c_out = int(self.c_in), int(self.c_out)  # static ints: traced shape arithmetic truncates
         if c_in < c_out:
             return _append_zeros(x, 1, c_out - c_in)
+        if c_in > c_out and self.shrink == "slice":
+            return x[:, :c_out]
         if c_in > c_out:
             groups = -(-c_in // c_out)
             x = _append_zeros(x, 1, groups * c_out - c_in)
@@ -311,7 +342,8 @@ class DeroUnit(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1, p: Optional[int] = None,
                  groups: int = 1, act: ActivationSpec = "relu", shortcut: bool = True,
                  shortcut_bn: ShortcutNorm = True, drop_path: float = 0.0, norm: str = "pre",
-                 act_after_add: bool = False, branch_1x1: bool = False, identity_shortcuts_only: bool = False):
+                 act_after_add: bool = False, branch_1x1: bool = False, identity_shortcuts_only: bool = False,
+                 shortcut_shrink: str = "fold"):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
@@ -329,7 +361,7 @@ class DeroUnit(nn.Module):
         self.bn = nn.BatchNorm2d(c_out) if norm == "post" else nn.Identity()
         self.act = make_activation(act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.shortcut = Shortcut(c_in, c_out, k, s, p, bn=shortcut_bn) if shortcut else None
+        self.shortcut = Shortcut(c_in, c_out, k, s, p, bn=shortcut_bn, shrink=shortcut_shrink) if shortcut else None
         self.branch_1x1 = nn.Sequential(nn.Conv2d(c_in, c_out, 1, s, 0, groups=groups, bias=False),
                                         nn.BatchNorm2d(c_out)) if branch_1x1 else None
         self.same_pad: Optional[SamePad] = None

@@ -56,6 +56,9 @@ class _FusedShortcut(nn.Module):
         super().__init__()
         self.c_in, self.c_out, self.k, self.s, self.p, self.ceil_mode = \
             sc.c_in, sc.c_out, sc.k, sc.s, sc.p, sc.ceil_mode
+        self.slice = sc.shrink == "slice"  # S keeps the first c_out channels: the rest is an identity shortcut
+        if self.slice:
+            self.c_in = sc.c_out
         self.normed = isinstance(sc.bn, nn.BatchNorm2d)
         scale, shift = bn_affine(sc.bn, sc.c_out)
         self.register_buffer("scale", scale.float().view(1, -1, 1, 1))
@@ -69,6 +72,8 @@ class _FusedShortcut(nn.Module):
             self.register_buffer("pool_bias", bias.float())
 
     def forward(self, y: torch.Tensor, x: torch.Tensor, exporting: bool = False) -> torch.Tensor:
+        if self.slice:
+            x = x[:, :self.c_out]
         c = min(self.c_in, self.c_out)
         if self.s > 1:
             if self.ceil_mode:  # a strided 1x1's window covers a partial last row/column

@@ -116,12 +116,13 @@ def _branch(unit: DeroUnit) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _shortcut_kernel(sc: Shortcut, weight_shape: torch.Size, groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``bn_sc(S(.))`` as a kernel of ``weight_shape`` (float64) and a bias; ``S`` maps input channel ``i`` to
-    output ``i`` (identity, zero-padded growth) or ``i mod c_out`` (fold), summed over its window."""
+    """``bn_sc(S(.))`` as a kernel of ``weight_shape`` (float64) and a bias; ``S`` adds input channel ``i`` to
+    output ``sc.target_channels()[i]`` (none where it is -1), summed over its window."""
     c_out, cg, kh, kw = weight_shape
     k = torch.zeros(weight_shape, dtype=torch.float64)
-    for i in range(sc.c_in):
-        o = i % sc.c_out
+    for i, o in enumerate(sc.target_channels().tolist()):
+        if o < 0:
+            continue
         j = i if groups == 1 else 0  # depthwise: weight[o, 0] reads input channel o == i
         if sc.s > 1:
             k[o, j] += 1.0  # sum-pool: every position of the window
