@@ -150,8 +150,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="RandomResizedCrop's smallest area fraction (torchvision's 0.08)")
     p.add_argument("--hflip-prob", default=0.5, type=float, help="horizontal flip probability in training")
     p.add_argument("--dero-style", default=None, type=str,
-                   help="DERO models: the unit style, 'default' (the accuracy study's winner) or 'seed' (the seed's "
-                        "exact unit: a BatchNorm on every shortcut)")
+                   help="DERO models: the unit style (yolo_dero.nn.DERO_STYLES), e.g. 'default' (the accuracy study's "
+                        "winner), 'seed' (the seed's exact unit: a BatchNorm on every shortcut), 'identity-headnorm' "
+                        "(the default before MCUNet's projections sliced) or 'rep' / 'rep-slice' (re-parameterizable)")
     p.add_argument("--same-padding", action="store_true",
                    help="pad strided convolutions and pools like TFLite's SAME (yolo_dero.nn.padding), so the int8 "
                         "export needs no PAD operators and its arena no padded copies; train with it to deploy "

@@ -137,11 +137,11 @@ def test_memory_stages_cover_the_forward_pass_in_order(name):
 
 # parameter counts at 1000 classes. The seed's unit ('seed' style: a BatchNorm on every shortcut) matches the seed's
 # table, which counts in units of 2^20 (ResNet34-DERO 21,645,806 / 2^20 = 20.64). The default style drops the
-# BatchNorm of identity, zero-padded and sliced shortcuts and adds one before the classifier's pooling ('slice';
-# ResNet34 has no shrinking unit, so it equals 'identity-headnorm').
+# BatchNorm of identity, zero-padded and sliced shortcuts and adds one before the classifier's pooling (MCUNet's
+# projections slice, so they lose their fold BatchNorm too).
 @pytest.mark.parametrize("name, seed_style, default_style", [
-    ("resnet34_dero", 21_645_806, 21_633_518), ("resnet50_dero", 22_844_654, 22_805_230),
-    ("mcunet_v4_dero", 760_158, 746_158), ("densenet121_dero", 7_949_542, 7_946_958)])
+    ("resnet34_dero", 21_645_806, 21_633_518), ("resnet50_dero", 22_844_654, 22_812_654),
+    ("mcunet_v4_dero", 760_158, 746_158), ("densenet121_dero", 7_949_542, 7_947_598)])
 def test_dero_parameter_counts_per_style(name, seed_style, default_style):
     assert count_params(get_model(name, style="seed")) == seed_style
     assert int(seed_style / 2**20 * 100) / 100 == {"resnet34_dero": 20.64, "resnet50_dero": 21.78,
@@ -150,11 +150,16 @@ def test_dero_parameter_counts_per_style(name, seed_style, default_style):
 
 
 def test_default_style_identity_and_sliced_shortcuts_carry_no_batchnorm():
-    for name in ("resnet34_dero", "mcunet_v4_dero", "densenet121_dero"):
-        for m in get_model(name).modules():
+    for name in ("resnet34_dero", "resnet50_dero", "mcunet_v4_dero", "densenet121_dero"):
+        for unit_name, m in get_model(name).named_modules():
             if isinstance(m, DeroUnit):
-                assert isinstance(m.shortcut.bn, nn.BatchNorm2d) == (m.s != 1), name  # only a sum-pool renormalizes
-                assert m.shortcut.shrink == ("slice" if m.c_in > m.c_out else "fold"), name
+                # inverted-bottleneck projections slice (MCUNet); every other shrinking unit folds
+                sliced = m.c_in > m.c_out and unit_name.endswith(".project")
+                assert m.shortcut.shrink == ("slice" if sliced else "fold"), (name, unit_name)
+                changes = m.s != 1 or (m.c_in > m.c_out and not sliced)  # a sum-pool or a fold renormalizes
+                assert isinstance(m.shortcut.bn, nn.BatchNorm2d) == changes, (name, unit_name)
+    assert all(m.shortcut.shrink == "slice" for m in get_model("resnet50_dero", style="slice").modules()
+               if isinstance(m, DeroUnit) and m.c_in > m.c_out)
 
 
 def test_default_style_has_a_head_batchnorm_that_the_seed_style_lacks():

@@ -196,6 +196,19 @@ def test_style_changes_keeps_identity_and_zero_pad_shortcuts_exact():
         DeroUnit(4, 4, shortcut_bn="sometimes")
 
 
+def test_shrink_styles_reach_the_units():
+    from yolo_dero.nn import DeroStyle, get_style
+
+    default = get_style()
+    # 'projection': the unit keyword stays the fold; builders slice their inverted-bottleneck projections
+    assert default.shortcut_shrink == "projection" and default.projection_shrink == "slice"
+    assert "shortcut_shrink" not in default.unit_kwargs()
+    assert get_style("slice").unit_kwargs()["shortcut_shrink"] == "slice"
+    assert get_style("identity-headnorm").projection_shrink == "fold"
+    with pytest.raises(ValueError, match="shortcut_shrink"):
+        DeroStyle(shortcut_shrink="sum")
+
+
 def test_styles_and_shortcut_gain():
     from yolo_dero.nn import DERO_STYLES, get_style, init_shortcuts
 

@@ -170,7 +170,20 @@ def test_training_speed_times_every_arm(tmp_path):
     rates = study.training_speed("mcunet_v4", imgsz=32, batch=2, steps=1, rounds=1)
     assert set(rates) == {"original", "plain", "dero", "dero-seed"} and all(r > 0 for r in rates.values())
     md = study.write_speed(tmp_path, ["mcunet_v4"], imgsz=32, batch=2, steps=1, rounds=1).read_text()
-    assert "| mcunet_v4 |" in md and "dero / original" in md
+    assert "| mcunet_v4 | 2, 32 |" in md and "dero / original" in md
+
+
+def test_training_speed_of_the_detector_trains_every_arm(tmp_path):
+    """YOLOv5n's arms take real SGD steps on Ultralytics' detection loss: the weights move and the rates are timed."""
+    fns = study._speed_step_fns("yolov5n", 64, 2, "cpu")
+    assert set(fns) == set(study.YOLO_SPEED_YAMLS)
+    model, loss_fn = fns["dero"]
+    loss = loss_fn()
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    md = study.write_speed(tmp_path, ["yolov5n"], det_imgsz=64, det_batch=2, steps=1, rounds=1).read_text()
+    assert "| yolov5n | 2, 64 |" in md
 
 
 def test_latency_times_every_form_of_every_family(tmp_path, capsys):

@@ -58,11 +58,13 @@ CLS_ARMS: Dict[str, tuple] = {
     "plain-rep": ("plain", ["--dero-style", "rep"]),
     "dero-slice": ("dero", ["--dero-style", "slice"]),
     "dero-rep-slice": ("dero", ["--dero-style", "rep-slice"]),
+    "dero-slice-kd": ("dero", ["--dero-style", "slice"]),
+    "dero-rep-slice-kd": ("dero", ["--dero-style", "rep-slice"]),
     "repvgg": ("dero", ["--dero-style", "repvgg"]),  # not DERO: RepVGG's branches on the same topology
 }
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
             "dero-seed": "cfg/yolov5n-dero-seed.yaml", "dero-rep": "cfg/yolov5n-dero-rep.yaml",
-            "plain-rep": "cfg/yolov5n-plain-rep.yaml"}
+            "plain-rep": "cfg/yolov5n-plain-rep.yaml", "dero-slice": "cfg/yolov5n-dero-slice.yaml"}
 
 
 def cls_budget_argv(args) -> List[str]:
@@ -192,28 +194,57 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
 
 SPEED_ARMS = {"original": ("original", None), "plain": ("plain", "default"), "dero": ("dero", "default"),
               "dero-seed": ("dero", "seed")}
+# the detector's arms: the model YAMLs of the detection study (cfg/)
+YOLO_SPEED_YAMLS = {"original": "yolov5n.yaml", "plain": "yolov5n-plain.yaml", "dero": "yolov5n-dero.yaml",
+                    "dero-seed": "yolov5n-dero-seed.yaml"}
+SPEED_ARCHS = sorted(CLS_ARCHS) + ["yolov5n"]
+
+
+def _speed_step_fns(arch: str, imgsz: int, batch: int, device: str) -> Dict[str, Any]:
+    """One training-loss function per :data:`SPEED_ARMS` arm of ``arch`` on a fixed random batch (cross-entropy for
+    the zoo; Ultralytics' own detection loss, three boxes per image, for ``"yolov5n"``), with its model."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, imgsz, imgsz, device=device)
+    fns = {}
+    if arch == "yolov5n":
+        from .ultra import DeroDetectionModel  # before ultralytics: it sets Ultralytics up offline
+
+        from ultralytics.cfg import get_cfg
+
+        boxes = 3 * batch
+        targets = {"img": x, "batch_idx": torch.arange(batch, device=device).repeat_interleave(3).float(),
+                   "cls": torch.randint(0, 10, (boxes, 1), device=device).float(),
+                   "bboxes": torch.rand(boxes, 4, device=device) * 0.4 + 0.3}
+        for arm, yaml in YOLO_SPEED_YAMLS.items():
+            m = DeroDetectionModel(str(shipped("cfg") / yaml), nc=10, verbose=False).to(device).train()
+            m.args = get_cfg()  # the loss reads its gains (box, cls, dfl) from the trainer's arguments
+            fns[arm] = (m, lambda m=m: m.loss(targets)[0].sum())
+        return fns
+    from classification.models import get_model
+
+    y = torch.randint(0, 10, (batch,), device=device)
+    for arm, (variant, style) in SPEED_ARMS.items():
+        kw = {"style": style} if style else {}
+        m = get_model(CLS_ARCHS[arch][variant], num_classes=10, **kw).to(device).train()
+        fns[arm] = (m, lambda m=m: F.cross_entropy(m(x), y))
+    return fns
 
 
 def training_speed(arch: str, imgsz: int = 32, batch: int = 32, steps: int = 5, rounds: int = 7,
                    device: str = "cpu") -> Dict[str, float]:
-    """Training images/s (forward, cross-entropy, backward, SGD step) of each arm of ``arch``, the arms timed
-    interleaved round after round in this process; the median over rounds."""
+    """Training images/s (forward, loss, backward, SGD step) of each arm of ``arch`` (a zoo architecture or
+    ``"yolov5n"``), the arms timed interleaved round after round in this process; the median over rounds."""
     import torch
-    import torch.nn.functional as F
 
-    from classification.models import get_model
-
-    torch.manual_seed(0)
-    models, opts = {}, {}
-    for arm, (variant, style) in SPEED_ARMS.items():
-        kw = {"style": style} if style else {}
-        models[arm] = get_model(CLS_ARCHS[arch][variant], num_classes=10, **kw).to(device).train()
-        opts[arm] = torch.optim.SGD(models[arm].parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, imgsz, imgsz, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    fns = _speed_step_fns(arch, imgsz, batch, device)
+    models = {arm: m for arm, (m, _) in fns.items()}
+    opts = {arm: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for arm, m in models.items()}
 
     def step(arm: str) -> None:
-        loss = F.cross_entropy(models[arm](x), y)
+        loss = fns[arm][1]()
         opts[arm].zero_grad(set_to_none=True)
         loss.backward()
         opts[arm].step()
@@ -232,25 +263,31 @@ def training_speed(arch: str, imgsz: int = 32, batch: int = 32, steps: int = 5, 
     return {arm: round(statistics.median(r), 1) for arm, r in rates.items()}
 
 
-def write_speed(out: Path, archs: Sequence[str], **kw) -> Path:
-    """Measure :func:`training_speed` for ``archs`` and write ``<out>/training_speed.{json,md}``."""
+def write_speed(out: Path, archs: Sequence[str], imgsz: int = 32, batch: int = 32, det_imgsz: int = 160,
+                det_batch: int = 16, **kw) -> Path:
+    """Measure :func:`training_speed` for ``archs`` and write ``<out>/training_speed.{json,md}``; the zoo at
+    ``imgsz``/``batch``, YOLOv5n at ``det_imgsz``/``det_batch`` (the detection study's)."""
     import platform
 
     import torch
 
-    rows = {a: training_speed(a, **kw) for a in archs}
+    sizes = {a: (det_imgsz, det_batch) if a == "yolov5n" else (imgsz, batch) for a in archs}
+    rows = {a: training_speed(a, imgsz=sizes[a][0], batch=sizes[a][1], **kw) for a in archs}
     js = Path(out) / "training_speed.json"
-    _write_json(js, {"rows": rows, "settings": kw, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                     "cpu": platform.processor() or platform.machine()})
+    settings = dict(kw, imgsz=imgsz, batch=batch, det_imgsz=det_imgsz, det_batch=det_batch)
+    _write_json(js, {"rows": rows, "settings": settings, "torch": torch.__version__,
+                     "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()})
     lines = ["# Training throughput: DERO vs original, measured side by side", "",
-             f"`python -m yolo_dero.study speed --arch {' '.join(archs)}` (batch {kw.get('batch', 32)}, "
-             f"{kw.get('imgsz', 32)} px, {kw.get('device', 'cpu')}, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads; each arm timed for {kw.get('steps', 5)} SGD steps per round, the "
-             f"arms interleaved, median of {kw.get('rounds', 7)} rounds). Goal: DERO / original >= 0.90.", "",
-             "| arch | " + " | ".join(f"{a} img/s" for a in SPEED_ARMS) + " | dero / original | dero-seed / original |",
-             "|---|" + "---|" * (len(SPEED_ARMS) + 2)]
+             f"`python -m yolo_dero.study speed --arch {' '.join(archs)}` ({kw.get('device', 'cpu')}, torch "
+             f"{torch.__version__}, {torch.get_num_threads()} threads; each arm timed for {kw.get('steps', 5)} SGD "
+             f"steps per round, the arms interleaved, median of {kw.get('rounds', 7)} rounds; random inputs, "
+             "cross-entropy for the classifiers, Ultralytics' detection loss with three boxes per image for YOLOv5n). "
+             "Goal: DERO / original >= 0.90.", "",
+             "| arch | batch, px | " + " | ".join(f"{a} img/s" for a in SPEED_ARMS)
+             + " | dero / original | dero-seed / original |",
+             "|---|---|" + "---|" * (len(SPEED_ARMS) + 2)]
     for a, r in rows.items():
-        lines.append(f"| {a} | " + " | ".join(f"{r[k]:.1f}" for k in SPEED_ARMS) +
+        lines.append(f"| {a} | {sizes[a][1]}, {sizes[a][0]} | " + " | ".join(f"{r[k]:.1f}" for k in SPEED_ARMS) +
                      f" | {r['dero'] / r['original']:.3f} | {r['dero-seed'] / r['original']:.3f} |")
     md = js.with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
@@ -567,9 +604,11 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--rounds", type=int, default=15)
             continue
         if name == "speed":
-            q.add_argument("--arch", nargs="+", default=["resnet34", "mcunet_v4"], choices=sorted(CLS_ARCHS))
+            q.add_argument("--arch", nargs="+", default=["resnet34", "mcunet_v4", "yolov5n"], choices=SPEED_ARCHS)
             q.add_argument("--imgsz", type=int, default=32)
             q.add_argument("--batch", type=int, default=32)
+            q.add_argument("--det-imgsz", type=int, default=160, help="YOLOv5n's input size (the detection study's)")
+            q.add_argument("--det-batch", type=int, default=16)
             q.add_argument("--rounds", type=int, default=7)
             q.add_argument("--device", default="cpu")
             continue
@@ -645,7 +684,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(write_latency(out, cases, iters=args.iters, rounds=args.rounds).read_text())
         return 0
     if args.kind == "speed":
-        print(write_speed(out, args.arch, imgsz=args.imgsz, batch=args.batch, rounds=args.rounds,
+        print(write_speed(out, args.arch, imgsz=args.imgsz, batch=args.batch, det_imgsz=args.det_imgsz,
+                          det_batch=args.det_batch, rounds=args.rounds,
                           device=args.device).read_text())
         return 0
     tag = budget_tag(args)

@@ -65,18 +65,20 @@ class DeroInvertedResidual(nn.Sequential):
     """An inverted-residual block as a chain of DERO units (or their plain twins); no block-level add.
 
     1x1 expand (ReLU6, skipped when ``t == 1``), kxk depthwise stride ``s`` (ReLU6), 1x1 projection (linear).
-    ``**style``: the units' style keywords (:meth:`yolo_dero.nn.DeroStyle.unit_kwargs`).
+    ``**style``: the units' style keywords (:meth:`yolo_dero.nn.DeroStyle.unit_kwargs`); ``project_shrink``: the
+    projection's ``shortcut_shrink`` (:attr:`yolo_dero.nn.DeroStyle.projection_shrink`; ``"slice"`` carries the block
+    input through the block as the original's residual does).
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int,
-                 shortcut: bool = True, **style):
+                 shortcut: bool = True, project_shrink: str = "fold", **style):
         mid = c_in * expand_ratio
         sc = dict(shortcut=shortcut, **style)
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()
         if expand_ratio != 1:
             layers["expand"] = DeroUnit(c_in, mid, k=1, act="relu6", **sc)
         layers["depthwise"] = DeroUnit(mid, mid, k=kernel, s=stride, groups=mid, act="relu6", **sc)
-        layers["project"] = DeroUnit(mid, c_out, k=1, act=None, **sc)
+        layers["project"] = DeroUnit(mid, c_out, k=1, act=None, **dict(sc, shortcut_shrink=project_shrink))
         super().__init__(layers)
 
 
@@ -134,7 +136,8 @@ def _dero_mcunet(num_classes: int, shortcut: bool, style=None) -> MCUNet:
         return DeroUnit(c_in, c_out, k=3, s=2, act="relu6", **sc)
 
     def block(c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int) -> nn.Module:
-        return DeroInvertedResidual(c_in, c_out, stride, expand_ratio, kernel, **sc)
+        return DeroInvertedResidual(c_in, c_out, stride, expand_ratio, kernel,
+                                    project_shrink=style.projection_shrink, **sc)
 
     model = MCUNet(stem, block, num_classes, head_norm=style.head_norm)
     init_shortcuts(model, style)

@@ -60,9 +60,12 @@ class DeroStyle:
         branch_gain: initial weight of the operator's BatchNorm in units with a shortcut (``norm="post"`` only);
             0 starts every unit as its shortcut alone ("zero-init residual").
         shortcut_shrink: how ``S`` matches fewer output channels: ``"fold"`` (sum groups of ``c_out`` channels, the
-            seed's) or ``"slice"`` (keep the first ``c_out`` channels, an exact identity on them). In an inverted
-            bottleneck the fold adds every expanded channel onto the block input's channels, so the input's share of
-            the signal shrinks with every block; the slice keeps it, as the original's block residual does.
+            seed's), ``"slice"`` (keep the first ``c_out`` channels, an exact identity on them) or ``"projection"``
+            (slice in the projection unit of an inverted bottleneck, fold elsewhere; the builders decide which units
+            project). In an inverted bottleneck the fold adds every expanded channel onto the block input's channels,
+            so the input's share of the signal shrinks with every block; the slice keeps it, as the original's block
+            residual does. Where a unit reduces a wide input instead (YOLO's C3 entry, ResNet50's 1x1 reduce), the
+            fold keeps every input channel in the sum, and the study found it better there.
     """
 
     shortcut_norm: str = "all"
@@ -81,25 +84,31 @@ class DeroStyle:
             raise ValueError(f"shortcut_norm must be 'all', 'changes', 'strided' or 'none', got {self.shortcut_norm!r}")
         if self.norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {self.norm!r}")
-        if self.shortcut_shrink not in ("fold", "slice"):
-            raise ValueError(f"shortcut_shrink must be 'fold' or 'slice', got {self.shortcut_shrink!r}")
+        if self.shortcut_shrink not in ("fold", "slice", "projection"):
+            raise ValueError(f"shortcut_shrink must be 'fold', 'slice' or 'projection', got {self.shortcut_shrink!r}")
 
     def unit_kwargs(self) -> Dict[str, object]:
         """The :class:`DeroUnit` keyword arguments this style sets."""
         kw = dict(shortcut_bn=self.shortcut_norm, norm=self.norm, act_after_add=self.act_after_add)
         if self.branch_1x1 or self.identity_shortcuts_only:  # RepVGG's extras: absent from the DERO styles' kwargs
             kw.update(branch_1x1=self.branch_1x1, identity_shortcuts_only=self.identity_shortcuts_only)
-        if self.shortcut_shrink != "fold":
+        if self.shortcut_shrink == "slice":  # "projection": the builder sets it on its projection units
             kw.update(shortcut_shrink=self.shortcut_shrink)
         return kw
 
+    @property
+    def projection_shrink(self) -> str:
+        """The ``shortcut_shrink`` of a unit that projects an inverted bottleneck back to its block's width."""
+        return "fold" if self.shortcut_shrink == "fold" else "slice"
+
 
 # "seed": the unit exactly as the seed trains it; "identity": the seed's pre-norm unit with exact identity shortcuts;
-# "identity-headnorm": identity shortcuts and a BatchNorm before the classifier's pooling; "slice": that, with
-# shrinking shortcuts slicing instead of folding; "post": identity shortcuts and the BatchNorm after the conv;
+# "identity-headnorm": identity shortcuts and a BatchNorm before the classifier's pooling; "slice": that, with every
+# shrinking shortcut slicing instead of folding; "post": identity shortcuts and the BatchNorm after the conv;
 # "rep" / "rep-pre": the re-parameterizable form (activation after the add, pools plain) with the BatchNorm after /
-# before the conv; "rep-slice": "rep" with slicing shortcuts; "default": the accuracy study's winner
-# (results/study/accuracy_study.md).
+# before the conv; "rep-slice": "rep" with slicing shortcuts; "project-slice": "identity-headnorm" whose
+# inverted-bottleneck projections slice (the same model as "identity-headnorm" where no block projects);
+# "default": the accuracy study's winner (results/study/accuracy_study.md).
 DERO_STYLES: Dict[str, DeroStyle] = {
     "seed": DeroStyle(shortcut_norm="all", norm="pre"),
     "identity": DeroStyle(shortcut_norm="changes", norm="pre"),
@@ -107,6 +116,7 @@ DERO_STYLES: Dict[str, DeroStyle] = {
     "identity-headnorm": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True),
     "rep": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True, pool_shortcut=False),
     "slice": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, shortcut_shrink="slice"),
+    "project-slice": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, shortcut_shrink="projection"),
     "rep-slice": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True,
                            pool_shortcut=False, shortcut_shrink="slice"),
     "rep-pre": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, act_after_add=True,
@@ -116,7 +126,7 @@ DERO_STYLES: Dict[str, DeroStyle] = {
     "repvgg": DeroStyle(shortcut_norm="all", norm="post", act_after_add=True, pool_shortcut=False, branch_1x1=True,
                         identity_shortcuts_only=True),
 }
-DERO_STYLES["default"] = DERO_STYLES["slice"]
+DERO_STYLES["default"] = DERO_STYLES["project-slice"]
 
 
 def get_style(style: Union[str, DeroStyle, None] = None, **overrides) -> DeroStyle:
