@@ -132,6 +132,24 @@ def test_lowering_is_exact(shrink):
             torch.testing.assert_close(low(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+def test_lowering_freezes_dead_input_channels_instead_of_scaling_them():
+    """A channel that never varied (running variance ~0: a dead ReLU6) would get a ~300x BatchNorm scale folded into
+    the conv's weights and take their whole int8 range; the lowering uses its constant value instead."""
+    torch.manual_seed(0)
+    unit = randomize_batchnorm(DeroUnit(8, 4, k=1, act=None)).eval()
+    with torch.no_grad():
+        unit.bn_in.running_var[3] = 1e-40
+        unit.bn_in.running_mean[3] = 0.25
+    low, counts = lower_for_export(nn.Sequential(unit))
+    assert counts["bn_in_folded"] == 1 and counts["bn_in_constant_channels"] == 1
+    w = low[0].conv.weight.detach()[:, :, 0, 0]
+    assert torch.all(w[:, 3] == 0) and w[:, :3].abs().min() > 0  # the live channels keep their weights
+    x = torch.randn(2, 8, 5, 5)
+    x[:, 3] = 0.25  # the channel is what training saw: its running mean
+    with torch.no_grad():
+        torch.testing.assert_close(low(x), unit(x), rtol=1e-4, atol=1e-4)
+
+
 def test_float_export_fails_the_check(tmp_path):
     model = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU()).eval()
     with pytest.raises(FloatTensorError, match="FLOAT32"):

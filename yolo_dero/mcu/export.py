@@ -106,11 +106,29 @@ class ConvShortcut(nn.Module):
         return self.conv(x)
 
 
-def _fold_bn_in(unit: DeroUnit) -> bool:
-    """Fold ``unit.bn_in`` into ``unit.conv`` when the conv has no padding (exact); returns True if folded."""
+#: an input channel whose BatchNorm running variance is below this never varied in training: a dead channel
+CONSTANT_CHANNEL_VAR = 1e-10
+
+
+def _fold_bn_in(unit: DeroUnit) -> Tuple[bool, int]:
+    """Fold ``unit.bn_in`` into ``unit.conv`` when the conv has no padding (exact); returns (folded, number of
+    constant input channels).
+
+    A channel that never varied in training (running variance below :data:`CONSTANT_CHANNEL_VAR`, e.g. a dead ReLU6)
+    gets a BatchNorm scale of about ``gamma / sqrt(eps)``, some 300x the others. Folded into the conv's weights it
+    would own each output channel's int8 weight range and round every other input channel's weight to zero (one such
+    channel cost a trained MCUNet-DERO 24 points of int8 top-1). Its input is its running mean, so ``bn_in`` outputs
+    ``beta`` there: the fold uses scale 0 and shift ``beta``, which is what the trained network computes.
+    """
     conv, bn = unit.conv, unit.bn_in
     if not isinstance(bn, nn.BatchNorm2d) or any(conv.padding) or conv.padding_mode != "zeros":
-        return False
+        return False, 0
+    constant = bn.running_var < CONSTANT_CHANNEL_VAR
+    if bool(constant.any()):
+        bn = copy.deepcopy(bn)
+        with torch.no_grad():  # bn(x) = beta where x is its running mean: scale 0, shift beta
+            bn.weight[constant] = 0.0
+            bn.running_mean[constant] = 0.0
     w, b = fold_input_norm(conv, bn)
     new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.groups, bias=True)
@@ -119,7 +137,7 @@ def _fold_bn_in(unit: DeroUnit) -> bool:
         new.bias.copy_(b.float())
     unit.conv = new
     unit.bn_in = nn.Identity()
-    return True
+    return True, int(constant.sum())
 
 
 def bn_as_depthwise(bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -179,7 +197,7 @@ def lower_for_export(model: nn.Module, fold_bn_in: bool = True,
     ``head_norm`` BatchNorm becomes a depthwise conv, as does any other BatchNorm that does not follow a conv
     (:func:`standalone_batchnorms`: DenseNet's pre-activation BatchNorms).
     Returns ``(lowered model, counts)`` with counts ``{"shortcuts", "bn_in_folded", "bn_in_depthwise",
-    "reparameterized"[, "head_norm_depthwise", "silu"]}``.
+    "reparameterized"[, "head_norm_depthwise", "silu", "bn_in_constant_channels"]}``.
     """
     model = copy.deepcopy(model).eval()
     counts = {"shortcuts": 0, "bn_in_folded": 0, "bn_in_depthwise": 0}
@@ -194,8 +212,11 @@ def lower_for_export(model: nn.Module, fold_bn_in: bool = True,
                 counts["shortcuts"] += 1
     if fold_bn_in:
         for m in model.modules():
-            if isinstance(m, DeroUnit) and _fold_bn_in(m):
-                counts["bn_in_folded"] += 1
+            if isinstance(m, DeroUnit):
+                folded, constant = _fold_bn_in(m)
+                counts["bn_in_folded"] += int(folded)
+                if constant:
+                    counts["bn_in_constant_channels"] = counts.get("bn_in_constant_channels", 0) + constant
     for m in model.modules():
         if isinstance(m, DeroUnit) and isinstance(m.bn_in, nn.BatchNorm2d):
             m.bn_in = bn_as_depthwise(m.bn_in)

@@ -281,7 +281,11 @@ class Shortcut(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.exportable:
             return self.bn(self._exportable_s(x))
-        if self.s > 1:
+        if self.s > 1 and not self.ceil_mode and x.shape[1] >= 16:
+            # the same sum as a depthwise conv with a kernel of ones: on CPU 1.5-3x faster than avg_pool2d with
+            # divisor_override, forward and backward, from 16 channels on (slower on an RGB input)
+            x = F.conv2d(x, x.new_ones(x.shape[1], 1, self.k, self.k), None, self.s, self.p, groups=x.shape[1])
+        elif self.s > 1:
             x = F.avg_pool2d(x, self.k, self.s, self.p, ceil_mode=self.ceil_mode,
                              count_include_pad=True, divisor_override=1)
         if self.shrink == "slice":
