@@ -170,7 +170,12 @@ def test_onnx_export_matches_pytorch(dero_run, tmp_path):
     with torch.no_grad():
         pt_out = ref(x)[0].numpy()
     assert onnx_out.shape == pt_out.shape
-    assert np.allclose(onnx_out, pt_out, rtol=1e-3, atol=1e-3), np.abs(onnx_out - pt_out).max()
+    # rows 0-3 are box coordinates in pixels, decoded as the expectation of a 16-bin softmax times the stride:
+    # float32 rounding of equivalent formulations of a briefly trained DERO model moves them by up to ~0.2 px, so they
+    # get half a pixel; the class scores get 1e-3. A wrong export (a misplaced pad, a lost shortcut) misses both.
+    box_err = np.abs(onnx_out[:, :4] - pt_out[:, :4]).max()
+    assert box_err < 0.5, box_err
+    assert np.allclose(onnx_out[:, 4:], pt_out[:, 4:], rtol=1e-3, atol=1e-3), np.abs(onnx_out - pt_out)[:, 4:].max()
     # predict through Ultralytics with both the .pt and the .onnx: same detections
     root = yaml.safe_load(Path(dero_run["res"]["data"]).read_text())["path"]
     image = str(sorted((Path(root) / "images" / "val").glob("*.jpg"))[0])
