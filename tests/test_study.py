@@ -174,7 +174,7 @@ def test_training_speed_times_every_arm(tmp_path):
 
 
 def test_training_speed_of_the_detector_trains_every_arm(tmp_path):
-    """YOLOv5n's arms take real SGD steps on Ultralytics' detection loss: the weights move and the rates are timed."""
+    """YOLOv5n's arms train on Ultralytics' detection loss: a finite loss whose gradients reach the weights, timed."""
     fns = study._speed_step_fns("yolov5n", 64, 2, "cpu")
     assert set(fns) == set(study.YOLO_SPEED_YAMLS)
     model, loss_fn = fns["dero"]
