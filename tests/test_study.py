@@ -41,6 +41,18 @@ def test_run_returns_history_and_resume_keeps_it(tiny, tmp_path):
     assert h2.epochs[0] == h.epochs[0] and [e.epoch for e in seen] == [1]
 
 
+def test_channels_last_trains_nhwc_and_its_checkpoint_evaluates_without_the_flag(tiny, tmp_path):
+    out = tmp_path / "nhwc"
+    h = T.run(T.get_args_parser().parse_args(_args(tiny, out, "--epochs", "1", "--channels-last")))
+    assert math.isfinite(h.epochs[0].train_loss)
+    sd = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    w = sd["features.stem.conv.weight"]  # a 3x3 conv over 3 channels: the layouts differ, and it trained in NHWC
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    again = T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "eval", "--test-only", "--weights",
+                                                       out / "checkpoint.pth")))
+    assert abs(again.acc1 - h.acc1) < 1e-6  # the same weights in either layout: the same predictions
+
+
 def test_per_iteration_schedule_warms_up_within_the_epoch(tiny, tmp_path):
     args = T.get_args_parser().parse_args(_args(tiny, tmp_path, "--epochs", "2", "--lr-warmup-epochs", "1",
                                                 "--lr-warmup-method", "linear", "--lr-scheduler",
