@@ -138,10 +138,10 @@ def test_memory_stages_cover_the_forward_pass_in_order(name):
 # parameter counts at 1000 classes. The seed's unit ('seed' style: a BatchNorm on every shortcut) matches the seed's
 # table, which counts in units of 2^20 (ResNet34-DERO 21,645,806 / 2^20 = 20.64). The default style drops the
 # BatchNorm of identity, zero-padded and sliced shortcuts and adds one before the classifier's pooling (MCUNet's
-# projections slice, so they lose their fold BatchNorm too).
+# projections slice, so they lose their fold BatchNorm too, and its depthwise convs have no bias: 746,158 - 3,416).
 @pytest.mark.parametrize("name, seed_style, default_style", [
     ("resnet34_dero", 21_645_806, 21_633_518), ("resnet50_dero", 22_844_654, 22_812_654),
-    ("mcunet_v4_dero", 760_158, 746_158), ("densenet121_dero", 7_949_542, 7_947_598)])
+    ("mcunet_v4_dero", 760_158, 742_742), ("densenet121_dero", 7_949_542, 7_947_598)])
 def test_dero_parameter_counts_per_style(name, seed_style, default_style):
     assert count_params(get_model(name, style="seed")) == seed_style
     assert int(seed_style / 2**20 * 100) / 100 == {"resnet34_dero": 20.64, "resnet50_dero": 21.78,
@@ -169,3 +169,14 @@ def test_default_style_has_a_head_batchnorm_that_the_seed_style_lacks():
         assert isinstance(head, nn.BatchNorm2d) and head.num_features == width, name
         assert isinstance(get_model(name, style="seed").head_norm, nn.Identity), name
     assert isinstance(get_model("mcunet_v4").head_norm, nn.Identity)  # the originals are untouched
+
+
+@pytest.mark.parametrize("name", ["resnet34_dero", "mcunet_v4_dero", "densenet121_dero", "mcunet_v4_plain"])
+def test_stem_norm_styles_change_the_stem_unit_only(name):
+    for style, post in (("identity-nostembn", False), ("identity-poststem", True)):
+        model = get_model(name, num_classes=10, style=style)
+        units = [m for m in model.modules() if isinstance(m, DeroUnit)]
+        assert isinstance(units[0].bn_in, nn.Identity) and units[0].c_in == 3  # the unit that reads the image
+        assert isinstance(units[0].bn, nn.BatchNorm2d) == post
+        assert all(isinstance(u.bn_in, nn.BatchNorm2d) for u in units[1:])
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -95,8 +95,29 @@ def test_dero_unit_shrink_slice_keeps_the_first_channels_unnormalized():
     assert isinstance(strided.shortcut.bn, nn.BatchNorm2d)  # the sum-pool still changes them
     # growth and identity have nothing to slice: the option leaves them as they are
     assert DeroUnit(2, 6, k=1, shortcut_shrink="slice").shortcut.target_channels().tolist() == [0, 1]
-    with pytest.raises(ValueError, match="'fold' or 'slice'"):
+    with pytest.raises(ValueError, match="'fold', 'slice' or 'signed'"):
         DeroUnit(6, 2, k=1, shortcut_shrink="drop")
+
+
+def test_signed_shortcuts_carry_x_as_x_and_minus_x_through_relu6():
+    """Growth appends -x after x, a shrink subtracts the second copy: past ReLU6s the pair still gives back
+    clip(x, -6, 6), where a slice of relu6(x) alone loses the negative half."""
+    torch.manual_seed(0)
+    expand = DeroUnit(3, 8, k=1, act="relu6", shortcut_bn="changes", shortcut_shrink="signed")
+    assert isinstance(expand.shortcut.bn, nn.Identity)
+    x = 4 * torch.randn(2, 3, 5, 5)
+    s = expand.shortcut(x)
+    torch.testing.assert_close(s, torch.cat([x, -x, torch.zeros(2, 2, 5, 5)], 1))
+    project = DeroUnit(8, 3, k=1, act=None, shortcut_bn="changes", shortcut_shrink="signed")
+    assert isinstance(project.shortcut.bn, nn.Identity)
+    torch.testing.assert_close(project.shortcut(torch.relu(s).clamp(max=6)), x.clamp(-6, 6))
+    assert sorted(project.shortcut.channel_map()) == [(0, 0, 1.0), (1, 1, 1.0), (2, 2, 1.0),
+                                                      (3, 0, -1.0), (4, 1, -1.0), (5, 2, -1.0)]
+    # not room for a whole copy: -x for as many channels as fit, and the shrink subtracts only those
+    torch.testing.assert_close(Shortcut(3, 5, shrink="signed", bn=False)(x), torch.cat([x, -x[:, :2]], 1))
+    y = torch.randn(2, 5, 5, 5)
+    torch.testing.assert_close(Shortcut(5, 3, shrink="signed", bn=False)(y),
+                               y[:, :3] - torch.cat([y[:, 3:], torch.zeros(2, 1, 5, 5)], 1))
 
 
 def test_shortcut_bn_is_applied():
@@ -162,7 +183,7 @@ def test_exportable_shortcut_is_the_same_math():
     torch.manual_seed(0)
     cases = [(3, 16, 6, 2, 2), (16, 32, 3, 2, 1), (32, 16, 1, 1, 0), (24, 16, 1, 1, 0), (8, 12, 1, 2, 0),
              (40, 16, 3, 2, 1)]
-    for (ci, co, k, s, p), shrink in itertools.product(cases, ("fold", "slice")):
+    for (ci, co, k, s, p), shrink in itertools.product(cases, ("fold", "slice", "signed")):
         m = Shortcut(ci, co, k, s, p, shrink=shrink).eval()
         m.bn.running_mean.uniform_(-1, 1)
         for h in (15, 16):
@@ -205,6 +226,14 @@ def test_shrink_styles_reach_the_units():
     assert "shortcut_shrink" not in default.unit_kwargs()
     assert get_style("slice").unit_kwargs()["shortcut_shrink"] == "slice"
     assert get_style("identity-headnorm").projection_shrink == "fold"
+    assert get_style("rep-signed").projection_shrink == "signed"
+    # bias-free depthwise convs: only grouped pre-norm convs lose their bias
+    lean = get_style("project-slice-nodwbias").unit_kwargs()
+    assert DeroUnit(8, 8, k=3, groups=8, **lean).conv.bias is None
+    assert DeroUnit(8, 16, k=1, **lean).conv.bias is not None
+    assert DeroUnit(8, 8, k=3, groups=8, **get_style("project-slice").unit_kwargs()).conv.bias is not None
+    assert get_style() == get_style("project-slice-nodwbias")  # the default since the sixth session
+    assert "shortcut_shrink" not in get_style("rep-signed").unit_kwargs()
     with pytest.raises(ValueError, match="shortcut_shrink"):
         DeroStyle(shortcut_shrink="sum")
 

@@ -250,3 +250,36 @@ def test_yolov8n_dero_is_a_yaml_away():
     # the identity style's stem adds in TFLM as in yolov5n-dero (1,228,800 B); the stock YOLOv8n: 829,504 B
     assert (fused.peak_bytes, tflm.peak_bytes, tflm.arena_bytes, ref.peak_bytes) == (716_800, 1_228_800, 1_239_104,
                                                                                     829_504)
+
+
+@pytest.mark.parametrize("style", ["identity-poststem", "identity-nostembn"])
+def test_a_yaml_stem_norm_changes_only_the_stem(tmp_path, style):
+    """``stem_norm``: the first unit reads the image without a bn_in (training then needs no gradient with respect
+    to the image), with its BatchNorm after the conv ("post") or none; every other unit keeps its bn_in, and the
+    model still fuses exactly for inference."""
+    text = (CFG / "yolov5n-dero.yaml").read_text().replace("dero_style: identity", f"dero_style: {style}")
+    (tmp_path / "yolov5n-x.yaml").write_text(text)
+    m = DeroDetectionModel(tmp_path / "yolov5n-x.yaml", nc=3, verbose=False)
+    units = [u for u in m.modules() if isinstance(u, DeroUnit)]
+    post = style.endswith("poststem")
+    assert isinstance(units[0].bn_in, nn.Identity) and (units[0].conv.bias is None) == post
+    assert isinstance(units[0].bn, nn.BatchNorm2d) == post
+    assert all(isinstance(u.bn_in, nn.BatchNorm2d) for u in units[1:])
+    if post:  # built before Ultralytics' weight init, so the new BatchNorm has YOLOv5's eps
+        assert units[0].bn.eps == units[1].bn_in.eps
+    m.train()
+    m(torch.randn(2, 3, 64, 64))  # one training pass: the stem BatchNorm gets statistics
+    m.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = m(x)[0]
+        torch.testing.assert_close(copy.deepcopy(m).fuse(verbose=False)(x)[0], y, rtol=1e-4, atol=1e-3)
+
+
+def test_the_default_style_builds_a_yolo_model(tmp_path):
+    """Every style's unit keywords reach DeroConv (the default's ``depthwise_bias`` included)."""
+    text = (CFG / "yolov5n-dero.yaml").read_text().replace("dero_style: identity", "dero_style: default")
+    (tmp_path / "yolov5n-y.yaml").write_text(text)
+    m = DeroDetectionModel(tmp_path / "yolov5n-y.yaml", nc=3, verbose=False).eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 64, 64))[0].shape[1] == 4 + 3

@@ -17,7 +17,7 @@ FUSE_CASES = UNIT_CASES + [dict(c_in=16, c_out=8, k=3, s=2)]  # strided sum-pool
 @pytest.mark.parametrize("case", FUSE_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_fused_seed_unit_equals_the_unit(case, norm):
-    for shortcut_bn, shrink in (("all", "fold"), ("changes", "fold"), ("changes", "slice")):
+    for shortcut_bn, shrink in (("all", "fold"), ("changes", "fold"), ("changes", "slice"), ("changes", "signed")):
         for act in ("relu", "silu"):
             unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn,
                                           shortcut_shrink=shrink))
@@ -85,3 +85,22 @@ def test_yolo_fuse_fuses_the_seed_form():
         assert _rel_err(y, fused(x)[0]) < 1e-5
     assert not any(isinstance(m, (DeroUnit, nn.BatchNorm2d)) for m in fused.modules())
     assert any(isinstance(m, FusedUnit) for m in fused.modules())
+
+
+@pytest.mark.parametrize("k, s", [(3, 1), (7, 2)])
+def test_fused_and_lowered_depthwise_unit_without_bias_equal_the_unit(k, s):
+    """``depthwise_bias=False`` (the bias-free depthwise conv of style ``project-slice-nodwbias``): the fused and
+    the exported forms get their bias from bn_in's shift alone, border included."""
+    from yolo_dero.mcu.export import lower_for_export
+
+    unit = _randomize_bn(DeroUnit(8, 8, k=k, s=s, groups=8, act="relu6", shortcut_bn="changes",
+                                  depthwise_bias=False))
+    assert unit.conv.bias is None
+    fused = fuse_units(nn.Sequential(copy.deepcopy(unit)))[0]
+    lowered, _ = lower_for_export(nn.Sequential(copy.deepcopy(unit)))
+    for size in (15, 16):
+        x = torch.randn(2, 8, size, size)
+        with torch.no_grad():
+            y = unit(x)
+            assert _rel_err(y, fused(x)) < 1e-5, size
+            assert _rel_err(y, lowered(x)) < 1e-5, size

@@ -118,11 +118,12 @@ def test_analyzer_tflm_engine_agrees_on_toys(exported):
         assert analyze(model, 32, engine="tflm", in_channels=16).arena_bytes == a.head_bytes, name
 
 
-@pytest.mark.parametrize("shrink", ["fold", "slice"])
+@pytest.mark.parametrize("shrink", ["fold", "slice", "signed"])
 def test_lowering_is_exact(shrink):
     torch.manual_seed(0)
     model = randomize_batchnorm(nn.Sequential(
-        DeroUnit(16, 32, k=3, s=2), DeroUnit(32, 16, k=1, shortcut_shrink=shrink), DeroUnit(16, 24, k=1, s=2),
+        DeroUnit(16, 32, k=3, s=2, shortcut_shrink=shrink), DeroUnit(32, 16, k=1, shortcut_shrink=shrink),
+        DeroUnit(16, 24, k=1, s=2),
         DeroUnit(24, 24, k=5, groups=24, act="relu6"), DeroUnit(24, 8, k=3, act=None, shortcut_shrink=shrink)))
     low, counts = lower_for_export(model)
     assert counts == {"shortcuts": 5, "bn_in_folded": 2, "bn_in_depthwise": 3, "reparameterized": 0}

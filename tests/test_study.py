@@ -236,3 +236,16 @@ def test_gradient_clipping_is_part_of_the_budget():
     assert "--clip-grad-norm" not in study.cls_budget_argv(plain)
     argv = study.cls_budget_argv(clipped)
     assert argv[argv.index("--clip-grad-norm") + 1] == "1"
+
+
+def test_a_detection_arm_can_override_keys_of_its_yaml(tmp_path):
+    import yaml
+
+    from yolo_dero.study import DET_ARMS, det_model_cfg, det_model_label
+
+    assert det_model_cfg("dero", tmp_path) == DET_ARMS["dero"]
+    path = det_model_cfg("dero-poststem", tmp_path)
+    cfg = yaml.safe_load(open(path))
+    assert cfg["dero_style"] == "identity-poststem" and list(cfg)[:2] == ["nc", "scales"]  # order kept
+    assert path.endswith("yolov5n-dero-poststem.yaml")  # the scale letter survives in the name
+    assert det_model_label("dero-poststem") == "cfg/yolov5n-dero.yaml with dero_style: identity-poststem"

@@ -60,11 +60,41 @@ CLS_ARMS: Dict[str, tuple] = {
     "dero-rep-slice": ("dero", ["--dero-style", "rep-slice"]),
     "dero-slice-kd": ("dero", ["--dero-style", "slice"]),
     "dero-rep-slice-kd": ("dero", ["--dero-style", "rep-slice"]),
+    "dero-rep-signed": ("dero", ["--dero-style", "rep-signed"]),
+    "dero-rep-pre-slice": ("dero", ["--dero-style", "rep-pre-slice"]),
+    "dero-nodwbias": ("dero", ["--dero-style", "project-slice-nodwbias"]),
     "repvgg": ("dero", ["--dero-style", "repvgg"]),  # not DERO: RepVGG's branches on the same topology
 }
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
             "dero-seed": "cfg/yolov5n-dero-seed.yaml", "dero-rep": "cfg/yolov5n-dero-rep.yaml",
-            "plain-rep": "cfg/yolov5n-plain-rep.yaml", "dero-slice": "cfg/yolov5n-dero-slice.yaml"}
+            "plain-rep": "cfg/yolov5n-plain-rep.yaml", "dero-slice": "cfg/yolov5n-dero-slice.yaml",
+            "dero-nostembn": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-nostembn"}),
+            "dero-poststem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-poststem"}),
+            "plain-poststem": ("cfg/yolov5n-plain.yaml", {"dero_style": "identity-poststem"})}
+# an arm is a model YAML, or (YAML, keys to override): the run trains the YAML with those keys replaced
+
+
+def det_model_cfg(arm: str, run_dir: Path) -> str:
+    """The model config an arm trains: its YAML, or a copy with the arm's keys overridden written to ``run_dir``."""
+    spec = DET_ARMS[arm]
+    if isinstance(spec, str):
+        return spec
+    import yaml
+
+    from .ultra.parser import resolve_model_yaml
+
+    path, overrides = spec
+    cfg = dict(yaml.safe_load(Path(resolve_model_yaml(path)).read_text()), **overrides)
+    out = Path(run_dir) / f"{Path(path).stem.split('-')[0]}-{arm}.yaml"  # keeps the scale letter (yolov5n)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(out)
+
+
+def det_model_label(arm: str) -> str:
+    """How a record names the arm's model: the YAML, plus the keys the arm overrides."""
+    spec = DET_ARMS[arm]
+    return spec if isinstance(spec, str) else f"{spec[0]} with " + ", ".join(f"{k}: {v}" for k, v in spec[1].items())
 
 
 def cls_budget_argv(args) -> List[str]:
@@ -162,7 +192,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     last = project / name / "weights" / "last.pt"
     epochs: List[Dict[str, float]] = []
     epoch_t0: Dict[str, float] = {}
-    model = DeroYOLO(str(last) if _unfinished(last) else DET_ARMS[arm])
+    model = DeroYOLO(str(last) if _unfinished(last) else det_model_cfg(arm, project))
     model.add_callback("on_train_epoch_start", lambda tr: epoch_t0.update(t=time.perf_counter()))
     model.add_callback("on_train_epoch_end", lambda tr: epochs.append(
         {"seconds": time.perf_counter() - epoch_t0["t"], "images": len(tr.train_loader.dataset)}))
@@ -182,7 +212,8 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     v = evaluate_detector(str(best if best.is_file() else last), data=str(data), imgsz=args.imgsz, device=args.device,
                           project=str(project / "val"), name=name, label_scan=False)
     rates = [e["images"] / e["seconds"] for e in epochs if e["seconds"] > 0]
-    return {"arch": "yolov5n", "arm": arm, "model": DET_ARMS[arm], "seed": seed, "map50_95": round(v["map50_95"], 4),
+    return {"arch": "yolov5n", "arm": arm, "model": det_model_label(arm), "seed": seed,
+            "map50_95": round(v["map50_95"], 4),
             "map50": round(v["map50"], 4), "coco_map50_95": round(v["pycocotools"]["map50_95"], 4),
             "coco_map50": round(v["pycocotools"]["map50"], 4), "params": v["params"],
             "budget": {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "n_train", "n_val", "lr0",

@@ -19,7 +19,7 @@ from typing import Sequence
 from torch import nn
 from torchvision.models import densenet as tv_densenet
 
-from yolo_dero.nn import DERO_STYLES, DeroPool, DeroStyle, DeroUnit, get_style, init_shortcuts
+from yolo_dero.nn import DERO_STYLES, DeroPool, DeroStyle, DeroUnit, apply_stem_norm, get_style, init_shortcuts
 
 from ._init import init_weights
 from ._registry import register_model
@@ -105,6 +105,7 @@ class DeroDenseNet(nn.Module):
         self.memory_stages["head"] = ["head_norm", "relu", "avgpool", "classifier"]
         init_weights(self, conv_mode="fan_in")
         init_shortcuts(self, style)
+        apply_stem_norm(self, style)
 
     def forward(self, x):
         x = self.relu(self.head_norm(self.features(x)))

@@ -21,7 +21,7 @@ from typing import Callable, List, Sequence, Tuple
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
-from yolo_dero.nn import DeroUnit, get_style, init_shortcuts
+from yolo_dero.nn import DeroUnit, apply_stem_norm, get_style, init_shortcuts
 
 from ._init import init_weights
 from ._registry import register_model
@@ -67,7 +67,8 @@ class DeroInvertedResidual(nn.Sequential):
     1x1 expand (ReLU6, skipped when ``t == 1``), kxk depthwise stride ``s`` (ReLU6), 1x1 projection (linear).
     ``**style``: the units' style keywords (:meth:`yolo_dero.nn.DeroStyle.unit_kwargs`); ``project_shrink``: the
     projection's ``shortcut_shrink`` (:attr:`yolo_dero.nn.DeroStyle.projection_shrink`; ``"slice"`` carries the block
-    input through the block as the original's residual does).
+    input through the block as the original's residual does, ``"signed"`` carries it as ``x`` and ``-x``, the expand
+    appending the negative copy, so activations after the add do not clip its negative half).
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int, expand_ratio: int, kernel: int,
@@ -76,7 +77,9 @@ class DeroInvertedResidual(nn.Sequential):
         sc = dict(shortcut=shortcut, **style)
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()
         if expand_ratio != 1:
-            layers["expand"] = DeroUnit(c_in, mid, k=1, act="relu6", **sc)
+            # a signed projection subtracts the -x copy that its expand appends
+            expand_sc = dict(sc, shortcut_shrink="signed") if project_shrink == "signed" else sc
+            layers["expand"] = DeroUnit(c_in, mid, k=1, act="relu6", **expand_sc)
         layers["depthwise"] = DeroUnit(mid, mid, k=kernel, s=stride, groups=mid, act="relu6", **sc)
         layers["project"] = DeroUnit(mid, c_out, k=1, act=None, **dict(sc, shortcut_shrink=project_shrink))
         super().__init__(layers)
@@ -141,6 +144,7 @@ def _dero_mcunet(num_classes: int, shortcut: bool, style=None) -> MCUNet:
 
     model = MCUNet(stem, block, num_classes, head_norm=style.head_norm)
     init_shortcuts(model, style)
+    apply_stem_norm(model, style)
     return model
 
 

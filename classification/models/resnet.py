@@ -17,7 +17,7 @@ from typing import List, Type, Union
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from yolo_dero.nn import DeroPool, DeroStyle, DeroUnit, get_style, init_shortcuts
+from yolo_dero.nn import DeroPool, DeroStyle, DeroUnit, apply_stem_norm, get_style, init_shortcuts
 
 from ._init import init_weights
 from ._registry import register_model
@@ -135,6 +135,7 @@ class DeroResNet(nn.Module):
                                           ("head", ["head_norm", "avgpool", "fc"])])
         init_weights(self, conv_mode="fan_out", linear=False)
         init_shortcuts(self, style)
+        apply_stem_norm(self, style)
 
     def forward(self, x):
         x = self.stem(x)

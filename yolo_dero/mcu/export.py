@@ -64,8 +64,9 @@ def _imgsz(imgsz: ImgSize) -> Tuple[int, int]:
 class ConvShortcut(nn.Module):
     """``bn_sc(S(x))`` of a :class:`~yolo_dero.nn.dero.Shortcut` as one convolution with fixed weights.
 
-    The weight of output channel ``o`` is the BatchNorm scale ``a_o`` on every input channel that ``S``
-    maps to ``o`` (``o`` itself for growth/identity/slice, ``o, o + c_out, ...`` for a fold) over the whole
+    The weight of output channel ``o`` is the BatchNorm scale ``a_o`` times the map's coefficient on every input
+    channel that ``S`` maps to ``o`` (``o`` itself for growth/identity/slice, ``o, o + c_out, ...`` for a fold,
+    ``+o`` and ``-(o + c_out)`` for a signed shrink) over the whole
     ``k x k`` window when ``S`` sum-pools, the bias is the BatchNorm shift: exactly ``bn(S(x))``, zero padding
     included. A 1x1 strided shortcut (``ceil_mode``) pads right/bottom first where the size is odd.
     """
@@ -89,9 +90,8 @@ class ConvShortcut(nn.Module):
         if depthwise:
             w[:] = a.view(-1, 1, 1, 1)
         else:
-            for i, o in enumerate(sc.target_channels().tolist()):  # growth: o = i; fold: i % c_out; slice: i or -1
-                if o >= 0:
-                    w[o, i] = a[o]
+            for i, o, coefficient in sc.channel_map():  # growth: o = i; fold: i % c_out; slice: i; signed: +-1
+                w[o, i] += coefficient * a[o]
         with torch.no_grad():
             conv.weight.copy_(w)
             conv.bias.copy_(b)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, Iterator, Optional, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,22 @@ class DeroStyle:
             project). In an inverted bottleneck the fold adds every expanded channel onto the block input's channels,
             so the input's share of the signal shrinks with every block; the slice keeps it, as the original's block
             residual does. Where a unit reduces a wide input instead (YOLO's C3 entry, ResNet50's 1x1 reduce), the
-            fold keeps every input channel in the sum, and the study found it better there.
+            fold keeps every input channel in the sum, and the study found it better there. ``"signed"``: as
+            ``"projection"``, but an inverted bottleneck carries its input as ``x`` and ``-x`` (its expand's shortcut
+            appends ``-x``, its projection's subtracts that copy back, see :class:`Shortcut`): with the activation
+            after the add, ``relu6(x) - relu6(-x)`` keeps the negative half of the block input that a ReLU6 on ``x``
+            alone would clip, so the re-parameterizable form keeps MobileNetV2's linear residual stream.
+        depthwise_bias: whether a pre-norm unit's depthwise (grouped) conv has a bias. ``bn_in``'s shift already
+            gives each depthwise channel its own constant (``shift * sum(kernel)``), so the bias adds little, while on
+            CPU a depthwise convolution with a bias trains markedly slower than one without (MCUNet-v4: 0.89x against
+            0.99x the original's images/s, interleaved); pointwise and full convs keep theirs (their ``c_out``
+            constants would otherwise be tied to ``c_in`` shifts).
+        stem_norm: the norm of the unit that reads the image (the model's first): None (as every unit), ``"post"``
+            (a BatchNorm after a bias-free conv, as the original networks' stems) or ``"none"``. A pre-norm stem
+            normalizes the image itself, so training computes the stem conv's gradient with respect to the image, at
+            the input's full resolution: YOLOv5n-DERO trains at 0.87 of the original's images/s with it and 0.95
+            without (160 px, CPU, interleaved). Without any norm there, it also trains worse (the study). Builders
+            apply it with :func:`apply_stem_norm`.
     """
 
     shortcut_norm: str = "all"
@@ -78,47 +93,68 @@ class DeroStyle:
     identity_shortcuts_only: bool = False
     branch_gain: float = 1.0
     shortcut_shrink: str = "fold"
+    depthwise_bias: bool = True
+    stem_norm: Optional[str] = None
 
     def __post_init__(self):
         if self.shortcut_norm not in ("all", "changes", "strided", "none"):
             raise ValueError(f"shortcut_norm must be 'all', 'changes', 'strided' or 'none', got {self.shortcut_norm!r}")
         if self.norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {self.norm!r}")
-        if self.shortcut_shrink not in ("fold", "slice", "projection"):
-            raise ValueError(f"shortcut_shrink must be 'fold', 'slice' or 'projection', got {self.shortcut_shrink!r}")
+        if self.stem_norm not in (None, "post", "none"):
+            raise ValueError(f"stem_norm must be None, 'post' or 'none', got {self.stem_norm!r}")
+        if self.shortcut_shrink not in ("fold", "slice", "projection", "signed"):
+            raise ValueError(f"shortcut_shrink must be 'fold', 'slice', 'projection' or 'signed', "
+                             f"got {self.shortcut_shrink!r}")
 
     def unit_kwargs(self) -> Dict[str, object]:
         """The :class:`DeroUnit` keyword arguments this style sets."""
         kw = dict(shortcut_bn=self.shortcut_norm, norm=self.norm, act_after_add=self.act_after_add)
         if self.branch_1x1 or self.identity_shortcuts_only:  # RepVGG's extras: absent from the DERO styles' kwargs
             kw.update(branch_1x1=self.branch_1x1, identity_shortcuts_only=self.identity_shortcuts_only)
-        if self.shortcut_shrink == "slice":  # "projection": the builder sets it on its projection units
+        if self.shortcut_shrink == "slice":  # "projection" / "signed": the builder sets it on its projection units
             kw.update(shortcut_shrink=self.shortcut_shrink)
+        if not self.depthwise_bias:
+            kw.update(depthwise_bias=False)
         return kw
 
     @property
     def projection_shrink(self) -> str:
-        """The ``shortcut_shrink`` of a unit that projects an inverted bottleneck back to its block's width."""
-        return "fold" if self.shortcut_shrink == "fold" else "slice"
+        """The ``shortcut_shrink`` of a unit that projects an inverted bottleneck back to its block's width (with
+        ``"signed"`` also its expand's: the pair carries the block input as ``x`` and ``-x``)."""
+        return {"fold": "fold", "signed": "signed"}.get(self.shortcut_shrink, "slice")
 
 
 # "seed": the unit exactly as the seed trains it; "identity": the seed's pre-norm unit with exact identity shortcuts;
+# "identity-nostembn" / "identity-poststem": "identity" whose first unit reads the image without a bn_in / with its
+# BatchNorm after the conv instead;
 # "identity-headnorm": identity shortcuts and a BatchNorm before the classifier's pooling; "slice": that, with every
 # shrinking shortcut slicing instead of folding; "post": identity shortcuts and the BatchNorm after the conv;
 # "rep" / "rep-pre": the re-parameterizable form (activation after the add, pools plain) with the BatchNorm after /
-# before the conv; "rep-slice": "rep" with slicing shortcuts; "project-slice": "identity-headnorm" whose
-# inverted-bottleneck projections slice (the same model as "identity-headnorm" where no block projects);
+# before the conv; "rep-slice" / "rep-pre-slice": "rep" / "rep-pre" with slicing shortcuts; "rep-signed": "rep"
+# whose inverted bottlenecks carry their input as x and -x through the ReLU6s (expand appends -x, projection
+# subtracts it); "project-slice": "identity-headnorm" whose inverted-bottleneck projections slice (the same model as
+# "identity-headnorm" where no block projects); "project-slice-nodwbias": that with bias-free depthwise convs (the
+# same model where no conv is depthwise);
 # "default": the accuracy study's winner (results/study/accuracy_study.md).
 DERO_STYLES: Dict[str, DeroStyle] = {
     "seed": DeroStyle(shortcut_norm="all", norm="pre"),
     "identity": DeroStyle(shortcut_norm="changes", norm="pre"),
     "post": DeroStyle(shortcut_norm="changes", norm="post"),
+    "identity-nostembn": DeroStyle(shortcut_norm="changes", norm="pre", stem_norm="none"),
+    "identity-poststem": DeroStyle(shortcut_norm="changes", norm="pre", stem_norm="post"),
     "identity-headnorm": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True),
     "rep": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True, pool_shortcut=False),
     "slice": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, shortcut_shrink="slice"),
     "project-slice": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, shortcut_shrink="projection"),
+    "project-slice-nodwbias": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True,
+                                        shortcut_shrink="projection", depthwise_bias=False),
     "rep-slice": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True,
                            pool_shortcut=False, shortcut_shrink="slice"),
+    "rep-pre-slice": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, act_after_add=True,
+                               pool_shortcut=False, shortcut_shrink="slice"),
+    "rep-signed": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True,
+                            pool_shortcut=False, shortcut_shrink="signed"),
     "rep-pre": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, act_after_add=True,
                          pool_shortcut=False),
     # not DERO: RepVGG's training-time unit (kxk + 1x1 + identity BatchNorm branches) on the same topology, the
@@ -126,7 +162,7 @@ DERO_STYLES: Dict[str, DeroStyle] = {
     "repvgg": DeroStyle(shortcut_norm="all", norm="post", act_after_add=True, pool_shortcut=False, branch_1x1=True,
                         identity_shortcuts_only=True),
 }
-DERO_STYLES["default"] = DERO_STYLES["project-slice"]
+DERO_STYLES["default"] = DERO_STYLES["project-slice-nodwbias"]
 
 
 def get_style(style: Union[str, DeroStyle, None] = None, **overrides) -> DeroStyle:
@@ -151,6 +187,20 @@ def init_shortcuts(model: nn.Module, style: DeroStyle) -> None:
         elif style.branch_gain != 1.0 and isinstance(m, DeroUnit) and m.shortcut is not None \
                 and isinstance(m.bn, nn.BatchNorm2d):
             nn.init.constant_(m.bn.weight, style.branch_gain)
+
+
+def apply_stem_norm(model: nn.Module, style: DeroStyle) -> nn.Module:
+    """Give ``model``'s first :class:`DeroUnit` (the one that reads the image: builders register the stem first)
+    the style's ``stem_norm``; returns ``model``. ``"none"`` drops a pre-norm stem's ``bn_in`` (the conv keeps its
+    bias); ``"post"`` replaces it by a BatchNorm after the conv, whose bias it then drops."""
+    stem = next((m for m in model.modules() if isinstance(m, DeroUnit)), None)
+    if style.stem_norm is None or stem is None or not isinstance(stem.bn_in, nn.BatchNorm2d):
+        return model
+    stem.bn_in = nn.Identity()
+    if style.stem_norm == "post":
+        stem.bn = nn.BatchNorm2d(stem.c_out).to(stem.conv.weight.device)
+        stem.conv.bias = None
+    return model
 
 
 _ACTIVATIONS = {
@@ -240,6 +290,9 @@ class Shortcut(nn.Module):
     * ``c_in < c_out``: zero-pad the missing channels; ``c_in > c_out``: fold (see :func:`fold_channels`), or with
       ``shrink="slice"`` keep the first ``c_out`` channels (an exact identity on them, so no BatchNorm under
       ``bn="changes"``);
+    * ``shrink="signed"``, the pair that carries ``x`` as ``x`` and ``-x`` through activations: growth appends
+      ``-x`` after ``x`` (as far as ``c_out`` allows) and zero-pads the rest; a shrink outputs
+      ``x[:c_out] - x[c_out:2 c_out]`` (no BatchNorm under ``"changes"``: past ReLU6s it is ``clip(x, -6, 6)``);
     * otherwise identity.
 
     Shapes: ``(N, c_in, H, W) -> (N, c_out, H_out, W_out)``.
@@ -248,16 +301,17 @@ class Shortcut(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, p: Optional[int] = None,
                  bn: ShortcutNorm = True, shrink: str = "fold"):
         super().__init__()
-        if shrink not in ("fold", "slice"):
-            raise ValueError(f"shortcut shrink must be 'fold' or 'slice', got {shrink!r}")
+        if shrink not in ("fold", "slice", "signed"):
+            raise ValueError(f"shortcut shrink must be 'fold', 'slice' or 'signed', got {shrink!r}")
         self.c_in, self.c_out, self.s = c_in, c_out, s
-        self.shrink = shrink if c_in > c_out else "fold"  # only a shrinking shortcut has a choice
+        # a channel map that changes nothing is the identity/zero-pad map: "fold" ("signed" also changes growth)
+        self.shrink = shrink if c_in > c_out or (shrink == "signed" and c_in < c_out) else "fold"
         if s > 1 and k == 1:
             self.k, self.p, self.ceil_mode = s, 0, True
         else:
             self.k, self.p, self.ceil_mode = k, (k // 2 if p is None else p), False
         if bn == "changes":  # only where S changes the statistics: a sum-pool or a fold (a slice keeps them)
-            bn = s > 1 or (c_in > c_out and self.shrink == "fold")
+            bn = s > 1 or (c_in > c_out and self.shrink == "fold")  # a slice or a signed shrink keeps them
         elif bn == "strided":  # only after a sum-pool (a fold of zero-padded channels stays an exact identity)
             bn = s > 1
         elif isinstance(bn, str):
@@ -271,18 +325,43 @@ class Shortcut(nn.Module):
 
     def target_channels(self) -> torch.Tensor:
         """For each input channel ``i``, the output channel ``S`` adds it to (-1: ``S`` drops it): ``i`` for
-        identity and growth, ``i mod c_out`` for a fold, ``i`` if ``i < c_out`` else -1 for a slice. The fused,
-        folded and exported forms of the shortcut are built from this map."""
+        identity and growth, ``i mod c_out`` for a fold, ``i`` if ``i < c_out`` else -1 for a slice (and the
+        ``+1`` term of a signed map; :meth:`channel_map` has every term)."""
         i = torch.arange(self.c_in)
-        if self.shrink == "slice":
+        if self.shrink in ("slice", "signed"):
             return torch.where(i < self.c_out, i, torch.full_like(i, -1))
         return i % self.c_out
+
+    def channel_map(self) -> List[Tuple[int, int, float]]:
+        """Every term of ``S``'s channel map as ``(input channel, output channel, coefficient)``: output ``o`` is
+        the sum of ``coefficient * x[i]`` (each summed over the sum-pool's window). The folded, fused and exported
+        forms of the shortcut are built from it."""
+        terms = [(i, o, 1.0) for i, o in enumerate(self.target_channels().tolist()) if o >= 0]
+        if self.shrink == "signed" and self.c_in < self.c_out:  # growth: -x after x
+            terms += [(i, self.c_in + i, -1.0) for i in range(min(self.c_in, self.c_out - self.c_in))]
+        elif self.shrink == "signed":  # shrink: minus the second c_out channels
+            terms += [(self.c_out + o, o, -1.0) for o in range(min(self.c_out, self.c_in - self.c_out))]
+        return terms
+
+    def _signed(self, x: torch.Tensor) -> torch.Tensor:
+        """The signed channel map (growth: ``[x, -x, 0]``; shrink: ``x[:c_out] - x[c_out:2 c_out]``), with a concat
+        and slices only (exports exactly)."""
+        c_in, c_out = int(self.c_in), int(self.c_out)
+        if c_in < c_out:
+            m = min(c_in, c_out - c_in)
+            return _append_zeros(torch.cat([x, -x[:, :m]], 1), 1, c_out - c_in - m)
+        m = min(c_out, c_in - c_out)
+        if m == c_out:
+            return x[:, :c_out] - x[:, c_out:2 * c_out]
+        return x[:, :c_out] - _append_zeros(x[:, c_out:c_out + m], 1, c_out - m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.exportable:
             return self.bn(self._exportable_s(x))
         if self.shrink == "slice":  # before the sum-pool, which then reads only the channels kept
             x = x[:, :self.c_out]
+        elif self.shrink == "signed" and self.c_in > self.c_out:  # likewise: linear, so before the pool
+            x = self._signed(x)
         if self.s > 1 and not self.ceil_mode and x.shape[1] >= 16:
             # the same sum as a depthwise conv with a kernel of ones: on CPU 1.5-3x faster than avg_pool2d with
             # divisor_override, forward and backward, from 16 channels on (slower on an RGB input)
@@ -290,6 +369,8 @@ class Shortcut(nn.Module):
         elif self.s > 1:
             x = F.avg_pool2d(x, self.k, self.s, self.p, ceil_mode=self.ceil_mode,
                              count_include_pad=True, divisor_override=1)
+        if self.shrink == "signed" and x.shape[1] < self.c_out:
+            return self.bn(self._signed(x))
         return self.bn(fold_channels(x, self.c_out))
 
     def _exportable_s(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,6 +385,8 @@ class Shortcut(nn.Module):
         c_in, c_out = int(self.c_in), int(self.c_out)  # static ints: traced shape arithmetic truncates
         if c_in > c_out and self.shrink == "slice":
             x, c_in = x[:, :c_out], c_out
+        elif c_in > c_out and self.shrink == "signed":
+            x, c_in = self._signed(x), c_out
         if self.s > 1:
             k, p = self.k, self.p
             if self.ceil_mode:
@@ -312,7 +395,7 @@ class Shortcut(nn.Module):
                 p = 0
             x = F.avg_pool2d(x, k, self.s, p, count_include_pad=True) * float(k * k)
         if c_in < c_out:
-            return _append_zeros(x, 1, c_out - c_in)
+            return self._signed(x) if self.shrink == "signed" else _append_zeros(x, 1, c_out - c_in)
         if c_in > c_out:
             groups = -(-c_in // c_out)
             x = _append_zeros(x, 1, groups * c_out - c_in)
@@ -345,6 +428,9 @@ class DeroUnit(nn.Module):
         branch_1x1: add RepVGG's parallel ``bn_1x1(conv_1x1(x))`` branch (stride ``s``, same groups); needs
             ``norm="post"``, ``act_after_add`` and padding ``k // 2``.
         identity_shortcuts_only: keep the shortcut only where ``S`` is the identity (RepVGG's identity branch).
+        shortcut_shrink: ``S``'s channel map where channels change: ``"fold"``, ``"slice"`` or ``"signed"`` (see
+            :class:`Shortcut`).
+        depthwise_bias: False drops a pre-norm grouped conv's bias (see :class:`DeroStyle`).
 
     Shapes: ``(N, c_in, H, W) -> (N, c_out, H_out, W_out)`` with the conv's usual output size.
     At inference an engine computes ``S(x)`` while reading ``x`` for the conv and accumulates it into
@@ -357,7 +443,7 @@ class DeroUnit(nn.Module):
                  groups: int = 1, act: ActivationSpec = "relu", shortcut: bool = True,
                  shortcut_bn: ShortcutNorm = True, drop_path: float = 0.0, norm: str = "pre",
                  act_after_add: bool = False, branch_1x1: bool = False, identity_shortcuts_only: bool = False,
-                 shortcut_shrink: str = "fold"):
+                 shortcut_shrink: str = "fold", depthwise_bias: bool = True):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
@@ -371,7 +457,8 @@ class DeroUnit(nn.Module):
         # the re-parameterizable pre-norm unit pads x itself, before bn_in (see act_after_add above)
         self.pad = p if act_after_add and norm == "pre" else 0
         self.bn_in = nn.BatchNorm2d(c_in) if norm == "pre" else nn.Identity()
-        self.conv = nn.Conv2d(c_in, c_out, k, s, p - self.pad, groups=groups, bias=norm == "pre")
+        bias = norm == "pre" and (groups == 1 or depthwise_bias)
+        self.conv = nn.Conv2d(c_in, c_out, k, s, p - self.pad, groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(c_out) if norm == "post" else nn.Identity()
         self.act = make_activation(act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dero import DeroPool, DeroUnit, Shortcut, fold_channels
-from .reparam import LAYER_ATTRIBUTES, bn_affine, fold_input_norm, fold_reason, fold_unit
+from .reparam import LAYER_ATTRIBUTES, shortcut_kernel, bn_affine, fold_input_norm, fold_reason, fold_unit
 
 __all__ = ["FusedUnit", "FusedPool", "fuse_units"]
 
@@ -60,6 +60,14 @@ class _FusedShortcut(nn.Module):
         if self.slice:
             self.c_in = sc.c_out
         self.normed = isinstance(sc.bn, nn.BatchNorm2d)
+        self.dense = sc.shrink == "signed"  # a signed map runs as one convolution with its +-1 kernel and bn_sc
+        if self.dense:
+            k = sc.k if sc.s > 1 else 1
+            weight, bias = shortcut_kernel(sc, torch.Size((sc.c_out, sc.c_in, k, k)), 1)
+            self.register_buffer("dense_weight", weight.float())
+            self.register_buffer("dense_bias", bias.float())
+            self.dense_padding = sc.p if sc.s > 1 else 0
+            return
         scale, shift = bn_affine(sc.bn, sc.c_out)
         self.register_buffer("scale", scale.float().view(1, -1, 1, 1))
         self.register_buffer("shift", shift.float().view(1, -1, 1, 1))
@@ -72,12 +80,15 @@ class _FusedShortcut(nn.Module):
             self.register_buffer("pool_bias", bias.float())
 
     def forward(self, y: torch.Tensor, x: torch.Tensor, exporting: bool = False) -> torch.Tensor:
+        if self.ceil_mode:  # a strided 1x1's window covers a partial last row/column
+            x = F.pad(x, (0, (-x.shape[-1]) % self.s, 0, (-x.shape[-2]) % self.s))
+        if self.dense:
+            x = F.conv2d(x, self.dense_weight, self.dense_bias, self.s, self.dense_padding)
+            return y + x if exporting else y.add_(x)
         if self.slice:
             x = x[:, :self.c_out]
         c = min(self.c_in, self.c_out)
         if self.s > 1:
-            if self.ceil_mode:  # a strided 1x1's window covers a partial last row/column
-                x = F.pad(x, (0, (-x.shape[-1]) % self.s, 0, (-x.shape[-2]) % self.s))
             x = F.conv2d(x, self.pool_weight, self.pool_bias, self.s, self.p, groups=self.c_in)
         if self.c_in > self.c_out:
             x = fold_channels(x, self.c_out)

@@ -27,7 +27,7 @@ from .dero import DeroPool, DeroUnit, Shortcut
 LAYER_ATTRIBUTES = ("i", "f", "type", "np")
 
 __all__ = ["FoldedUnit", "NotFoldableError", "fold_unit", "reparameterize", "bn_affine", "fold_input_norm",
-           "fold_reason"]
+           "fold_reason", "shortcut_kernel"]
 
 
 class NotFoldableError(ValueError):
@@ -115,19 +115,17 @@ def _branch(unit: DeroUnit) -> Tuple[torch.Tensor, torch.Tensor]:
     return w, b
 
 
-def _shortcut_kernel(sc: Shortcut, weight_shape: torch.Size, groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``bn_sc(S(.))`` as a kernel of ``weight_shape`` (float64) and a bias; ``S`` adds input channel ``i`` to
-    output ``sc.target_channels()[i]`` (none where it is -1), summed over its window."""
+def shortcut_kernel(sc: Shortcut, weight_shape: torch.Size, groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``bn_sc(S(.))`` as a kernel of ``weight_shape`` (float64) and a bias; ``S`` adds ``coefficient * x[i]`` to
+    output ``o`` for every term of ``sc.channel_map()``, summed over its window."""
     c_out, cg, kh, kw = weight_shape
     k = torch.zeros(weight_shape, dtype=torch.float64)
-    for i, o in enumerate(sc.target_channels().tolist()):
-        if o < 0:
-            continue
+    for i, o, coefficient in sc.channel_map():
         j = i if groups == 1 else 0  # depthwise: weight[o, 0] reads input channel o == i
         if sc.s > 1:
-            k[o, j] += 1.0  # sum-pool: every position of the window
+            k[o, j] += coefficient  # sum-pool: every position of the window
         else:
-            k[o, j, kh // 2, kw // 2] += 1.0  # stride 1: the centre tap (shapes match, so padding = k // 2)
+            k[o, j, kh // 2, kw // 2] += coefficient  # stride 1: the centre tap (shapes match, so padding = k // 2)
     d, e = bn_affine(sc.bn, c_out)
     return k * d.view(-1, 1, 1, 1), e
 
@@ -151,7 +149,7 @@ def fold_unit(unit: DeroUnit) -> FoldedUnit:
         grown[:, :, 0, 0] = w[:, :, 0, 0]  # the 1x1 conv reads the window's top-left pixel
         w, padding, pad_to = grown, 0, s
     if sc is not None:
-        k, e = _shortcut_kernel(sc, w.shape, conv.groups)
+        k, e = shortcut_kernel(sc, w.shape, conv.groups)
         w, b = w + k, b + e
     folded = nn.Conv2d(conv.in_channels, conv.out_channels, tuple(w.shape[-2:]), stride, padding,
                        groups=conv.groups, bias=True).to(conv.weight.device)

@@ -82,17 +82,15 @@ class DeroConv(DeroUnit):
     """A YOLO convolution as one DERO unit: ``y = SiLU(conv(bn_in(x))) + bn_sc(S(x))``.
 
     Args follow Ultralytics' ``Conv``: ``c1, c2, k=1, s=1, p=None`` (padding ``k // 2`` by default), plus
-    ``shortcut`` (False: the plain twin), ``drop_path``, and the style's ``shortcut_bn``, ``norm``,
-    ``act_after_add`` and ``shortcut_shrink`` (see :class:`~yolo_dero.nn.DeroStyle`).
+    ``shortcut`` (False: the plain twin), ``drop_path``, and the style's unit keywords (``shortcut_bn``, ``norm``,
+    ``act_after_add``, ``shortcut_shrink``, ...; see :class:`~yolo_dero.nn.DeroStyle`), passed to the unit.
     Shapes: ``(N, c1, H, W) -> (N, c2, H_out, W_out)``.
     """
 
     def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: Optional[int] = None,
-                 shortcut: bool = True, drop_path: float = 0.0, shortcut_bn="all", norm: str = "pre",
-                 act_after_add: bool = False, shortcut_shrink: str = "fold"):
+                 shortcut: bool = True, drop_path: float = 0.0, shortcut_bn="all", **unit_kwargs):
         super().__init__(c1, c2, k=k, s=s, p=p, act=YOLO_ACT, shortcut=shortcut, drop_path=drop_path,
-                         shortcut_bn=shortcut_bn, norm=norm, act_after_add=act_after_add,
-                         shortcut_shrink=shortcut_shrink)
+                         shortcut_bn=shortcut_bn, **unit_kwargs)
 
     @classmethod
     def from_conv(cls, conv: nn.Module, shortcut: bool = True, **style) -> "DeroConv":

@@ -33,7 +33,7 @@ from ..fileutil import atomic_write_bytes, remove_stale_temps, temp_sibling
 from ..nn.dero import exportable_shortcuts
 from ..nn.fuse import fuse_units
 from ..nn.padding import to_same_padding
-from ..nn import get_style
+from ..nn import apply_stem_norm, get_style
 from .env import offline_check_amp
 from .convert import convert_to_dero, stock_layout
 from .parser import ModelConfigError, load_model_yaml, parse_stages, resolve_model_yaml
@@ -85,6 +85,7 @@ class DeroDetectionModel(DetectionModel):
         self.memory_stages = stages
         if plan:  # the DERO delta: convert the named layers, then initialise as Ultralytics does
             convert_to_dero(self.model, plan, style.unit_kwargs(), bool(self.yaml.get("dero_shortcuts", True)))
+            apply_stem_norm(self.model, style)  # the stem is layer 0, the first unit
             initialize_weights(self)  # Ultralytics' BatchNorm eps/momentum and in-place activations, new modules too
         if self.yaml.get("same_padding", False):  # TFLite-style SAME padding for strided layers (no PAD on export)
             to_same_padding(self.model)
