@@ -72,15 +72,14 @@ class DeroStyle:
             alone would clip, so the re-parameterizable form keeps MobileNetV2's linear residual stream.
         depthwise_bias: whether a pre-norm unit's depthwise (grouped) conv has a bias. ``bn_in``'s shift already
             gives each depthwise channel its own constant (``shift * sum(kernel)``), so the bias adds little, while on
-            CPU a depthwise convolution with a bias trains markedly slower than one without (MCUNet-v4: 0.89x against
-            0.99x the original's images/s, interleaved); pointwise and full convs keep theirs (their ``c_out``
-            constants would otherwise be tied to ``c_in`` shifts).
+            CPU a depthwise convolution with a bias trains more slowly than one without; pointwise and full convs keep
+            theirs (their ``c_out`` constants would otherwise be tied to ``c_in`` shifts). Figures:
+            docs/accuracy_study.md, finding 6c and "Training throughput".
         stem_norm: the norm of the unit that reads the image (the model's first): None (as every unit), ``"post"``
             (a BatchNorm after a bias-free conv, as the original networks' stems) or ``"none"``. A pre-norm stem
             normalizes the image itself, so training computes the stem conv's gradient with respect to the image, at
-            the input's full resolution: YOLOv5n-DERO trains at 0.87 of the original's images/s with it and 0.95
-            without (160 px, CPU, interleaved). Without any norm there, it also trains worse (the study). Builders
-            apply it with :func:`apply_stem_norm`.
+            the input's full resolution; either alternative trains faster, and YOLOv5n worse (docs/accuracy_study.md,
+            finding 6e). Builders apply it with :func:`apply_stem_norm`.
     """
 
     shortcut_norm: str = "all"

@@ -49,7 +49,8 @@ class _FusedShortcut(nn.Module):
 
     A strided sum-pool runs as a depthwise convolution with ``bn_sc``'s scale in its kernel and its shift in its
     bias (PyTorch's sum-pool, ``avg_pool2d`` with ``divisor_override``, is several times slower on CPU); a stride-1
-    shortcut is an in-place add, or multiply-add with ``bn_sc``.
+    shortcut is an in-place add, or multiply-add with ``bn_sc``. A signed channel map (``shrink="signed"``) runs
+    as one convolution whose kernel holds its +-1 terms and ``bn_sc``.
     """
 
     def __init__(self, sc: Shortcut):
