@@ -249,3 +249,17 @@ def test_a_detection_arm_can_override_keys_of_its_yaml(tmp_path):
     assert cfg["dero_style"] == "identity-poststem" and list(cfg)[:2] == ["nc", "scales"]  # order kept
     assert path.endswith("yolov5n-dero-poststem.yaml")  # the scale letter survives in the name
     assert det_model_label("dero-poststem") == "cfg/yolov5n-dero.yaml with dero_style: identity-poststem"
+
+
+def test_int8_goes_on_past_an_untrained_run_and_names_it(tmp_path, capsys):
+    """A study run in pieces: the recorded runs stay in the table, an untrained one is listed with the command that
+    trains it, and the exit code says something is missing."""
+    study._write_json(tmp_path / "cls-x" / "resnet34" / "dero-rep" / "int8_seed0.json",
+                      {"arch": "resnet34", "arm": "dero-rep", "seed": 0, "float_acc1": 80.0, "int8_acc1": 79.0,
+                       "agreement": 97.0})
+    rc = study.main(["int8", "--budget", "cls-x", "--arch", "resnet34", "--arms", "dero-rep", "original",
+                     "--seeds", "0", "--out", str(tmp_path), "--runs", str(tmp_path / "runs")])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "| resnet34 | dero-rep | 0 |" in out
+    assert "original" in err and "train the arm first" in err and "--arms original --seeds 0" in err

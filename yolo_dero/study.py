@@ -687,19 +687,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(write_table(out).read_text())
         return 0
     if args.kind == "int8":
+        untrained = []  # runs without a checkpoint: the others are still measured, these are listed at the end
         for arch in args.arch:
             for seed in args.seeds:
                 for arm in args.arms:
                     path = out / args.budget / arch / arm / f"int8_seed{seed}.json"  # not a training run's seed*.json
                     if path.is_file():
                         continue
-                    rec = int8_accuracy(arch, arm, seed, Path(args.runs) / args.budget / arch / arm / f"seed{seed}",
-                                        num_calib=args.num_calib)
+                    try:
+                        rec = int8_accuracy(arch, arm, seed, Path(args.runs) / args.budget / arch / arm / f"seed{seed}",
+                                            num_calib=args.num_calib)
+                    except FileNotFoundError as e:
+                        untrained.append(str(e))
+                        continue
                     _write_json(path, rec)
                     print(f"wrote {path}: float {rec['float_acc1']:.2f}, int8 {rec['int8_acc1']:.2f}", flush=True)
                     write_int8_table(out, args.budget)
         print(write_int8_table(out, args.budget).read_text())
-        return 0
+        for problem in untrained:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1 if untrained else 0
     if args.kind == "latency":
         try:
             cases = [(a, int(sz)) for a, sz in (c.split("@") for c in args.cases)]
