@@ -210,6 +210,11 @@ def test_latency_times_every_form_of_every_family(tmp_path, capsys):
     row = next(line for line in md.splitlines() if line.startswith("| yolov5n @64 |"))
     assert "n/a" in row  # YOLOv5n's DERO units are of the seed's form: no separate default arm
     assert "| mcunet_v4 @32 |" in md and "seed fused / plain" in md
+    import torch
+
+    md = study.write_latency(tmp_path, [("mcunet_v4", 32)], iters=1, rounds=1, flush_denormal=True).read_text()
+    assert "denormal floats flushed to zero" in md
+    assert torch.tensor(1e-40).item() != 0.0  # the setting is restored afterwards
     assert study.main(["latency", "--out", str(tmp_path), "--cases", "resnet18@64"]) == 2
     assert "unknown architecture resnet18" in capsys.readouterr().err
 

@@ -480,13 +480,22 @@ def inference_latency(arch: str, imgsz: int, iters: int = 10, rounds: int = 15) 
     return {arm: round(statistics.median(t), 3) for arm, t in times.items()}
 
 
-def write_latency(out: Path, cases: Sequence[Tuple[str, int]], **kw) -> Path:
-    """Measure :func:`inference_latency` for ``cases`` ((arch, imgsz) pairs); write ``<out>/latency.{json,md}``."""
+def write_latency(out: Path, cases: Sequence[Tuple[str, int]], flush_denormal: bool = False, **kw) -> Path:
+    """Measure :func:`inference_latency` for ``cases`` ((arch, imgsz) pairs); write ``<out>/latency.{json,md}``.
+    ``flush_denormal``: the CPU flushes denormal floats to zero meanwhile (``torch.set_flush_denormal``): SiLU of a
+    large negative activation is denormal, and denormal arithmetic is many times slower on x86."""
     import platform
 
     import torch
 
-    rows = {f"{a} @{s}": inference_latency(a, s, **kw) for a, s in cases}
+    if flush_denormal and not torch.set_flush_denormal(True):
+        raise RuntimeError("this CPU cannot flush denormals to zero (no SSE3); run without --flush-denormal")
+    try:
+        rows = {f"{a} @{s}": inference_latency(a, s, **kw) for a, s in cases}
+    finally:
+        if flush_denormal:
+            torch.set_flush_denormal(False)
+    kw = dict(kw, flush_denormal=flush_denormal)
     js = Path(out) / "latency.json"
     _write_json(js, {"rows": rows, "settings": kw, "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "cpu": platform.processor() or platform.machine()})
@@ -494,11 +503,12 @@ def write_latency(out: Path, cases: Sequence[Tuple[str, int]], **kw) -> Path:
     lines = ["# Inference latency: DERO's deployed forms vs the plain twin, side by side", "",
              f"`python -m yolo_dero.study latency` (CPU, batch 1, eval mode, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads; the arms interleaved, median over {kw.get('rounds', 15)} rounds of "
-             f"the mean of {kw.get('iters', 10)} calls). Goals: folded / plain = 1.00 ± 0.03, seed fused / plain "
-             "<= 1.10. `plain` and `dero rep, folded` are re-parameterized (`yolo_dero.nn.reparameterize`), the "
-             "`fused` arms run `yolo_dero.nn.fuse_units`; `original` is the residual network as built (the "
-             "classifiers' BatchNorms unfolded; YOLOv5n through Ultralytics' fuse). YOLOv5n's DERO units are of the "
-             "seed's form, so it has no separate default arm.", "",
+             f"the mean of {kw.get('iters', 10)} calls"
+             + ("; denormal floats flushed to zero, `--flush-denormal`" if flush_denormal else "")
+             + "). Goals: folded / plain = 1.00 ± 0.03, seed fused / plain <= 1.10. `plain` and `dero rep, folded` "
+             "are re-parameterized (`yolo_dero.nn.reparameterize`), the `fused` arms run `yolo_dero.nn.fuse_units`; "
+             "`original` is the residual network as built (the classifiers' BatchNorms unfolded; YOLOv5n through "
+             "Ultralytics' fuse). YOLOv5n's DERO units are of the seed's form, so it has no separate default arm.", "",
              "| model | " + " | ".join(f"{a} ms" for a in arms) + " | "
              + " | ".join(h for h, _ in LATENCY_RATIOS) + " |", "|---|" + "---|" * (len(arms) + len(LATENCY_RATIOS))]
     for case, r in rows.items():
@@ -633,6 +643,8 @@ def parser() -> argparse.ArgumentParser:
                            help="ARCH@SIZE pairs (default: %(default)s)")
             q.add_argument("--iters", type=int, default=10)
             q.add_argument("--rounds", type=int, default=15)
+            q.add_argument("--flush-denormal", action="store_true",
+                           help="flush denormal floats to zero while timing (both arms alike)")
             continue
         if name == "speed":
             q.add_argument("--arch", nargs="+", default=["resnet34", "mcunet_v4", "yolov5n"], choices=SPEED_ARCHS)
@@ -719,7 +731,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: --cases: unknown architecture {', '.join(unknown)} or a size below 1; architectures: "
                   f"{', '.join(sorted(CLS_ARCHS) + ['yolov5n'])}", file=sys.stderr)
             return 2
-        print(write_latency(out, cases, iters=args.iters, rounds=args.rounds).read_text())
+        print(write_latency(out, cases, iters=args.iters, rounds=args.rounds,
+                            flush_denormal=args.flush_denormal).read_text())
         return 0
     if args.kind == "speed":
         print(write_speed(out, args.arch, imgsz=args.imgsz, batch=args.batch, det_imgsz=args.det_imgsz,
