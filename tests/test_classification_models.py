@@ -173,10 +173,14 @@ def test_default_style_has_a_head_batchnorm_that_the_seed_style_lacks():
 
 @pytest.mark.parametrize("name", ["resnet34_dero", "mcunet_v4_dero", "densenet121_dero", "mcunet_v4_plain"])
 def test_stem_norm_styles_change_the_stem_unit_only(name):
-    for style, post in (("identity-nostembn", False), ("identity-poststem", True)):
+    for style, post in (("identity-nostembn", False), ("identity-poststem", True), ("identity-statstem", False)):
         model = get_model(name, num_classes=10, style=style)
         units = [m for m in model.modules() if isinstance(m, DeroUnit)]
-        assert isinstance(units[0].bn_in, nn.Identity) and units[0].c_in == 3  # the unit that reads the image
+        assert units[0].c_in == 3  # the unit that reads the image
+        if style == "identity-statstem":  # normalized by batch statistics, nothing learned
+            assert isinstance(units[0].bn_in, nn.BatchNorm2d) and not units[0].bn_in.affine
+        else:
+            assert isinstance(units[0].bn_in, nn.Identity)
         assert isinstance(units[0].bn, nn.BatchNorm2d) == post
         assert all(isinstance(u.bn_in, nn.BatchNorm2d) for u in units[1:])
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -252,7 +252,7 @@ def test_yolov8n_dero_is_a_yaml_away():
                                                                                     829_504)
 
 
-@pytest.mark.parametrize("style", ["identity-poststem", "identity-nostembn"])
+@pytest.mark.parametrize("style", ["identity-poststem", "identity-nostembn", "identity-statstem"])
 def test_a_yaml_stem_norm_changes_only_the_stem(tmp_path, style):
     """``stem_norm``: the first unit reads the image without a bn_in (training then needs no gradient with respect
     to the image), with its BatchNorm after the conv ("post") or none; every other unit keeps its bn_in, and the
@@ -262,13 +262,20 @@ def test_a_yaml_stem_norm_changes_only_the_stem(tmp_path, style):
     m = DeroDetectionModel(tmp_path / "yolov5n-x.yaml", nc=3, verbose=False)
     units = [u for u in m.modules() if isinstance(u, DeroUnit)]
     post = style.endswith("poststem")
-    assert isinstance(units[0].bn_in, nn.Identity) and (units[0].conv.bias is None) == post
+    if style.endswith("statstem"):  # batch statistics without gamma/beta: no gradient with respect to the image
+        assert isinstance(units[0].bn_in, nn.BatchNorm2d) and not list(units[0].bn_in.parameters())
+    else:
+        assert isinstance(units[0].bn_in, nn.Identity)
+    assert (units[0].conv.bias is None) == post
     assert isinstance(units[0].bn, nn.BatchNorm2d) == post
     assert all(isinstance(u.bn_in, nn.BatchNorm2d) for u in units[1:])
     if post:  # built before Ultralytics' weight init, so the new BatchNorm has YOLOv5's eps
         assert units[0].bn.eps == units[1].bn_in.eps
     m.train()
     m(torch.randn(2, 3, 64, 64))  # one training pass: the stem BatchNorm gets statistics
+    if style.endswith("statstem"):  # the stem conv needs no input gradient: nothing before it learns
+        x = torch.randn(2, 3, 64, 64)
+        assert not units[0].bn_in(x).requires_grad
     m.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -188,3 +188,21 @@ def test_cli_export_and_arena(tmp_path, capsys):
 
     d = json.loads(js.read_text())
     assert d["head_bytes"] > 0 and d["outputs_match"]
+
+
+def test_lowering_folds_an_input_norm_without_affine_parameters():
+    """``stem_norm="stats"``: the stem's bn_in has no gamma/beta (affine=False); it folds like any other."""
+    torch.manual_seed(0)
+    unit = DeroUnit(3, 8, k=1, s=2, act="relu")
+    unit.bn_in = nn.BatchNorm2d(3, affine=False)
+    unit.train()
+    unit(torch.randn(4, 3, 16, 16) * 3 + 1)  # running statistics away from (0, 1)
+    unit.bn_in.running_var[1] = 0.0  # and one constant channel, which the lowering freezes
+    unit.eval()
+    low, counts = lower_for_export(nn.Sequential(unit))
+    assert counts["bn_in_folded"] == 1 and not any(isinstance(m, nn.BatchNorm2d) and m.num_features == 3
+                                                   for m in low.modules())
+    x = torch.randn(2, 3, 16, 16)
+    x[:, 1] = unit.bn_in.running_mean[1]  # the constant channel holds its running mean
+    with torch.no_grad():
+        torch.testing.assert_close(low(x), unit(x), rtol=1e-4, atol=1e-4)

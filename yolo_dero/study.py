@@ -70,6 +70,7 @@ DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "
             "plain-rep": "cfg/yolov5n-plain-rep.yaml", "dero-slice": "cfg/yolov5n-dero-slice.yaml",
             "dero-nostembn": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-nostembn"}),
             "dero-poststem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-poststem"}),
+            "dero-statstem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-statstem"}),
             "plain-poststem": ("cfg/yolov5n-plain.yaml", {"dero_style": "identity-poststem"})}
 # an arm is a model YAML, or (YAML, keys to override): the run trains the YAML with those keys replaced
 

@@ -126,6 +126,8 @@ def _fold_bn_in(unit: DeroUnit) -> Tuple[bool, int]:
     constant = bn.running_var < CONSTANT_CHANNEL_VAR
     if bool(constant.any()):
         bn = copy.deepcopy(bn)
+        if bn.weight is None:  # affine=False: gamma 1, beta 0, made explicit so one channel can be frozen
+            bn.weight, bn.bias = nn.Parameter(torch.ones(bn.num_features)), nn.Parameter(torch.zeros(bn.num_features))
         with torch.no_grad():  # bn(x) = beta where x is its running mean: scale 0, shift beta
             bn.weight[constant] = 0.0
             bn.running_mean[constant] = 0.0

@@ -76,10 +76,11 @@ class DeroStyle:
             theirs (their ``c_out`` constants would otherwise be tied to ``c_in`` shifts). Figures:
             docs/accuracy_study.md, finding 6c and "Training throughput".
         stem_norm: the norm of the unit that reads the image (the model's first): None (as every unit), ``"post"``
-            (a BatchNorm after a bias-free conv, as the original networks' stems) or ``"none"``. A pre-norm stem
-            normalizes the image itself, so training computes the stem conv's gradient with respect to the image, at
-            the input's full resolution; either alternative trains faster, and YOLOv5n worse (docs/accuracy_study.md,
-            finding 6e). Builders apply it with :func:`apply_stem_norm`.
+            (a BatchNorm after a bias-free conv, as the original networks' stems), ``"none"``, or ``"stats"`` (a
+            ``bn_in`` with batch statistics but no gamma/beta). A learned pre-norm stem normalizes the image itself,
+            so training computes the stem conv's gradient with respect to the image, at the input's full resolution;
+            each alternative trains faster, and YOLOv5n worse (docs/accuracy_study.md, finding 6e). Builders apply it
+            with :func:`apply_stem_norm`.
     """
 
     shortcut_norm: str = "all"
@@ -100,8 +101,8 @@ class DeroStyle:
             raise ValueError(f"shortcut_norm must be 'all', 'changes', 'strided' or 'none', got {self.shortcut_norm!r}")
         if self.norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {self.norm!r}")
-        if self.stem_norm not in (None, "post", "none"):
-            raise ValueError(f"stem_norm must be None, 'post' or 'none', got {self.stem_norm!r}")
+        if self.stem_norm not in (None, "post", "none", "stats"):
+            raise ValueError(f"stem_norm must be None, 'post', 'none' or 'stats', got {self.stem_norm!r}")
         if self.shortcut_shrink not in ("fold", "slice", "projection", "signed"):
             raise ValueError(f"shortcut_shrink must be 'fold', 'slice', 'projection' or 'signed', "
                              f"got {self.shortcut_shrink!r}")
@@ -125,8 +126,8 @@ class DeroStyle:
 
 
 # "seed": the unit exactly as the seed trains it; "identity": the seed's pre-norm unit with exact identity shortcuts;
-# "identity-nostembn" / "identity-poststem": "identity" whose first unit reads the image without a bn_in / with its
-# BatchNorm after the conv instead;
+# "identity-nostembn" / "identity-poststem" / "identity-statstem": "identity" whose first unit reads the image
+# without a bn_in / with its BatchNorm after the conv instead / with a bn_in that learns no gamma and beta;
 # "identity-headnorm": identity shortcuts and a BatchNorm before the classifier's pooling; "slice": that, with every
 # shrinking shortcut slicing instead of folding; "post": identity shortcuts and the BatchNorm after the conv;
 # "rep" / "rep-pre": the re-parameterizable form (activation after the add, pools plain) with the BatchNorm after /
@@ -142,6 +143,7 @@ DERO_STYLES: Dict[str, DeroStyle] = {
     "post": DeroStyle(shortcut_norm="changes", norm="post"),
     "identity-nostembn": DeroStyle(shortcut_norm="changes", norm="pre", stem_norm="none"),
     "identity-poststem": DeroStyle(shortcut_norm="changes", norm="pre", stem_norm="post"),
+    "identity-statstem": DeroStyle(shortcut_norm="changes", norm="pre", stem_norm="stats"),
     "identity-headnorm": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True),
     "rep": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True, pool_shortcut=False),
     "slice": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, shortcut_shrink="slice"),
@@ -191,9 +193,13 @@ def init_shortcuts(model: nn.Module, style: DeroStyle) -> None:
 def apply_stem_norm(model: nn.Module, style: DeroStyle) -> nn.Module:
     """Give ``model``'s first :class:`DeroUnit` (the one that reads the image: builders register the stem first)
     the style's ``stem_norm``; returns ``model``. ``"none"`` drops a pre-norm stem's ``bn_in`` (the conv keeps its
-    bias); ``"post"`` replaces it by a BatchNorm after the conv, whose bias it then drops."""
+    bias); ``"post"`` replaces it by a BatchNorm after the conv, whose bias it then drops; ``"stats"`` by a
+    BatchNorm without gamma/beta (nothing before the conv learns, so training needs no gradient for the image)."""
     stem = next((m for m in model.modules() if isinstance(m, DeroUnit)), None)
     if style.stem_norm is None or stem is None or not isinstance(stem.bn_in, nn.BatchNorm2d):
+        return model
+    if style.stem_norm == "stats":
+        stem.bn_in = nn.BatchNorm2d(stem.c_in, affine=False).to(stem.conv.weight.device)
         return model
     stem.bn_in = nn.Identity()
     if style.stem_norm == "post":

@@ -60,13 +60,16 @@ class FoldedUnit(nn.Module):
 
 
 def bn_affine(bn: nn.Module, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)`` of an inference BatchNorm (running statistics); identity for ``nn.Identity``."""
+    """``(scale, shift)`` of an inference BatchNorm (running statistics; gamma 1 and beta 0 without affine
+    parameters); identity for ``nn.Identity``."""
     if isinstance(bn, nn.Identity):
         return torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
     if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
         raise NotFoldableError(f"{type(bn).__name__} is not an affine BatchNorm with running statistics")
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return scale, bn.bias.detach().double() - bn.running_mean.double() * scale
+    weight = bn.weight.detach().double() if bn.weight is not None else 1.0  # affine=False: gamma 1, beta 0
+    bias = bn.bias.detach().double() if bn.bias is not None else 0.0
+    scale = weight / torch.sqrt(bn.running_var.double() + bn.eps)
+    return scale, bias - bn.running_mean.double() * scale
 
 
 def _is_linear(act: nn.Module) -> bool:
