@@ -251,6 +251,33 @@ def test_interrupted_training_resumes_to_the_same_epochs(env, tmp_path):
     assert done.returncode == 2 and "nothing to resume" in done.stderr
 
 
+def test_distillation_resumes_and_saves_only_the_student(env, dero_run, tmp_path):
+    """--teacher: Ultralytics' distillation through our trainer. An interrupted run resumes with its teacher and
+    weight (its last.pt holds Ultralytics' DistillationModel), the loss has a distillation term in every epoch, and
+    best.pt holds the student alone."""
+    teacher = dero_run["res"]["best"]  # any detector can teach; the original YOLOv5n in the study
+    bad = run(env, REPO_ROOT / "train_det.py", "--data", env["tiny"], "--distill-weight", 3, check=False)
+    assert bad.returncode == 2 and "--distill-weight needs --teacher" in bad.stderr
+    script = tmp_path / "interrupted_train.py"
+    script.write_text(STOP_AFTER_FIRST_EPOCH)
+    p = run(env, script, "--data", env["tiny"], "--epochs", 2, "--imgsz", 160, "--batch", 4, "--plots", "false",
+            "--project", tmp_path / "runs", "--name", "kd", "--teacher", teacher, "--distill-weight", 3, check=False)
+    assert p.returncode == 130, p.stdout[-3000:] + p.stderr[-3000:]
+    last = tmp_path / "runs" / "kd" / "weights" / "last.pt"
+    out = tmp_path / "resumed.json"
+    run(env, REPO_ROOT / "train_det.py", "--resume", last, "--json-out", out)
+    rows = (tmp_path / "runs" / "kd" / "results.csv").read_text().strip().splitlines()
+    col = [c.strip() for c in rows[0].split(",")].index("train/dis_loss")
+    assert [float(r.split(",")[col]) > 0 for r in rows[1:]] == [True, True]
+    best = torch.load(json.loads(out.read_text())["best"], map_location="cpu", weights_only=False)
+    student = best["ema"] if best.get("ema") is not None else best["model"]
+    assert type(student).__name__ == "DeroDetectionModel" and not hasattr(student, "teacher_model")
+    assert best["train_args"]["distill_model"] == str(Path(teacher).resolve()) and best["train_args"]["dis"] == 3.0
+    trained = torch.load(teacher, map_location="cpu", weights_only=False)
+    assert sum(t.numel() for t in student.parameters()) == sum(
+        t.numel() for t in (trained["ema"] or trained["model"]).parameters())
+
+
 def test_val_det_on_a_tiny_coco_layout(env, tmp_path):
     """data/coco.yaml path logic (--data-path) and the 80->91 map, end to end through val_det.py."""
     from test_det_data import _coco_like

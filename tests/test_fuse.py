@@ -87,6 +87,41 @@ def test_yolo_fuse_fuses_the_seed_form():
     assert any(isinstance(m, FusedUnit) for m in fused.modules())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cfg", ["cfg/yolov5n-dero.yaml", "cfg/yolov5n-dero-seed.yaml", "cfg/yolov5n-dero-rep.yaml"])
+def test_yolo_fuse_on_cuda(cfg):
+    """Ultralytics fuses the model on the training device before its final validation. Fusing on a GPU failed
+    there (an H100 study run: the folds built helper tensors on the CPU); the fused model stays on the GPU and
+    equals the unfused one."""
+    from yolo_dero.ultra import DeroDetectionModel
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    model = _randomize_bn(DeroDetectionModel(cfg, nc=3, verbose=False)).cuda().eval()
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        y = model(x)[0]
+        fused = copy.deepcopy(model).fuse(verbose=False)
+        assert {t.device.type for t in [*fused.parameters(), *fused.buffers()]} == {"cuda"}
+        assert _rel_err(y, fused(x)[0]) < 1e-4  # cuDNN's algorithms round differently: 3.2e-5 for -rep on an H100
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name,style", [("mcunet_v4_dero", "default"), ("resnet34_dero", "rep")])
+def test_fuse_and_reparameterize_on_cuda(name, style):
+    from yolo_dero.nn import reparameterize
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    model = _randomize_bn(get_model(name, num_classes=10, style=style)).cuda().eval()
+    x = torch.randn(2, 3, 40, 40, device="cuda")
+    with torch.inference_mode():
+        y = model(x)
+        for out in (fuse_units(copy.deepcopy(model)), reparameterize(copy.deepcopy(model), strict=False)):
+            assert {t.device.type for t in [*out.parameters(), *out.buffers()]} == {"cuda"}
+            assert _rel_err(y, out(x)) < 1e-4
+
+
 @pytest.mark.parametrize("k, s", [(3, 1), (7, 2)])
 def test_fused_and_lowered_depthwise_unit_without_bias_equal_the_unit(k, s):
     """``depthwise_bias=False`` (the bias-free depthwise conv of style ``project-slice-nodwbias``): the fused and

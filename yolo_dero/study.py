@@ -70,10 +70,13 @@ DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "
             "plain-rep": "cfg/yolov5n-plain-rep.yaml", "dero-slice": "cfg/yolov5n-dero-slice.yaml",
             "dero-nostembn": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-nostembn"}),
             "dero-poststem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-poststem"}),
-            "dero-statstem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-statstem"})}
-# an arm is a model YAML, or (YAML, keys to override): the run trains the YAML with those keys replaced; a plain
-# `study det` trains the YAML arms (the stem-norm experiments run only when named)
-DET_DEFAULT_ARMS = [arm for arm, spec in DET_ARMS.items() if isinstance(spec, str)]
+            "dero-statstem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-statstem"}),
+            "dero-kd": "cfg/yolov5n-dero.yaml"}
+# an arm is a model YAML, or (YAML, keys to override): the run trains the YAML with those keys replaced. A "-kd" arm
+# distils from the same seed's trained original through Ultralytics' own `distill_model` (score-weighted feature
+# distillation at the head's input levels, weight `dis`). A plain `study det` trains the YAML arms without a teacher
+# (the stem-norm and distillation experiments run only when named)
+DET_DEFAULT_ARMS = [arm for arm, spec in DET_ARMS.items() if isinstance(spec, str) and not arm.endswith("-kd")]
 
 
 def det_model_cfg(arm: str, run_dir: Path) -> str:
@@ -182,6 +185,17 @@ def _unfinished(last: Path) -> bool:
         return False
 
 
+def det_teacher(arm: str, seed: int, args) -> Optional[Path]:
+    """The teacher a "-kd" detection arm distils from: the same budget's and seed's trained original (else None)."""
+    if not arm.endswith("-kd"):
+        return None
+    teacher = Path(args.runs) / budget_tag(args) / "yolov5n" / "original" / f"seed{seed}" / "weights" / "best.pt"
+    if not teacher.is_file():
+        raise SystemExit(f"error: arm {arm} distils from the trained original of seed {seed}, {teacher} is missing: "
+                         f"run the 'original' arm first (--arms original {arm})")
+    return teacher
+
+
 def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     """Train one detection arm for one seed through Ultralytics and score its best.pt both ways."""
     from .datasets.photo_digits_det import generate_photo_digits_det
@@ -194,6 +208,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     last = project / name / "weights" / "last.pt"
     epochs: List[Dict[str, float]] = []
     epoch_t0: Dict[str, float] = {}
+    teacher = det_teacher(arm, seed, args)
     model = DeroYOLO(str(last) if _unfinished(last) else det_model_cfg(arm, project))
     model.add_callback("on_train_epoch_start", lambda tr: epoch_t0.update(t=time.perf_counter()))
     model.add_callback("on_train_epoch_end", lambda tr: epochs.append(
@@ -209,6 +224,10 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
                   verbose=False, val=False)
         if args.device:
             kw["device"] = args.device
+        if teacher:
+            kw.update(distill_model=str(teacher), dis=args.dis)
+        if args.workers is not None:
+            kw["workers"] = args.workers
         model.train(**kw)
     best = project / name / "weights" / "best.pt"
     v = evaluate_detector(str(best if best.is_file() else last), data=str(data), imgsz=args.imgsz, device=args.device,
@@ -220,6 +239,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
             "coco_map50": round(v["pycocotools"]["map50"], 4), "params": v["params"],
             "budget": {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "n_train", "n_val", "lr0",
                                                       "warmup_epochs")},
+            **({"teacher": str(teacher), "dis": args.dis} if teacher else {}),
             "train_img_s": round(statistics.median(rates), 1) if rates else None, "wall_s": round(time.time() - t0, 1)}
 
 
@@ -685,6 +705,9 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--n-val", type=int, default=128)
             q.add_argument("--lr0", type=float, default=0.002)
             q.add_argument("--warmup-epochs", type=float, default=1.0)
+            q.add_argument("--dis", type=float, default=6.0,
+                           help="distillation loss weight of the -kd arms (default: Ultralytics' %(default)s)")
+            q.add_argument("--workers", type=int, default=None, help="dataloader workers (default: Ultralytics')")
     return p
 
 

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dero import DeroPool, DeroUnit, Shortcut, fold_channels
-from .reparam import LAYER_ATTRIBUTES, shortcut_kernel, bn_affine, fold_input_norm, fold_reason, fold_unit
+from .reparam import (LAYER_ATTRIBUTES, bn_affine, fold_input_norm, fold_reason, fold_unit, folded_on_cpu,
+                      shortcut_kernel)
 
 __all__ = ["FusedUnit", "FusedPool", "fuse_units"]
 
@@ -240,11 +241,11 @@ def fuse_units(model: nn.Module, keep_attributes: Sequence[str] = LAYER_ATTRIBUT
     for _, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, DeroUnit):
-                new = fold_unit(child) if fold_reason(child) is None else FusedUnit(child)
+                new = folded_on_cpu(fold_unit if fold_reason(child) is None else FusedUnit, child)
             elif isinstance(child, DeroPool) and child.same_pad is not None:
                 new = child  # already one pass per path; the padded copies differ (-inf and zeros)
             elif isinstance(child, DeroPool):
-                new = child.pool if child.shortcut is None else FusedPool(child)
+                new = child.pool if child.shortcut is None else folded_on_cpu(FusedPool, child)
             else:
                 continue
             for key in keep_attributes:

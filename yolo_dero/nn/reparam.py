@@ -14,6 +14,7 @@ a shortcut and a non-linear activation cannot be folded, nor can ``bn_in`` in fr
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -70,6 +71,18 @@ def bn_affine(bn: nn.Module, channels: int) -> Tuple[torch.Tensor, torch.Tensor]
     bias = bn.bias.detach().double() if bn.bias is not None else 0.0
     scale = weight / torch.sqrt(bn.running_var.double() + bn.eps)
     return scale, bias - bn.running_mean.double() * scale
+
+
+def folded_on_cpu(fold: Callable[[nn.Module], nn.Module], module: nn.Module) -> nn.Module:
+    """``fold(module)`` computed on the CPU and moved to ``module``'s device. The folds build their index, identity
+    and border tensors on the CPU, so a model on a GPU (Ultralytics fuses its model on the training device before
+    validating) folds a CPU copy of each unit; ``module`` itself is left where it is."""
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    if tensor is None or tensor.device.type == "cpu":
+        return fold(module)
+    return fold(copy.deepcopy(module).cpu()).to(tensor.device)
 
 
 def _is_linear(act: nn.Module) -> bool:
@@ -186,7 +199,7 @@ def reparameterize(model: nn.Module, strict: bool = True, keep_attributes: Seque
                 continue
             if isinstance(child, DeroUnit):
                 if fold_reason(child) is None:
-                    replace(parent, name, child, fold_unit(child))
+                    replace(parent, name, child, folded_on_cpu(fold_unit, child))
                 elif strict:
                     raise NotFoldableError(f"{where}: cannot be folded into one convolution: {fold_reason(child)}")
             elif isinstance(child, DeroPool):

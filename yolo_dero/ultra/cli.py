@@ -171,6 +171,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=_bool, default=True, help="validate every epoch (default: true)")
     p.add_argument("--deterministic", type=_bool, default=True)
     p.add_argument("--pretrained", default=None, help="a .pt whose matching weights initialise the model")
+    p.add_argument("--teacher", default=None, metavar="WEIGHTS_PT",
+                   help="distil from this trained detector (e.g. the original YOLOv5n's best.pt): Ultralytics' "
+                        "feature distillation at the head's input levels (its distill_model)")
+    p.add_argument("--distill-weight", type=float, default=None,
+                   help="weight of the distillation loss (Ultralytics' dis, default 6.0)")
     p.add_argument("--no-label-scan", action="store_true", help="skip the label pre-scan")
     p.add_argument("--json-out", default=None, help="write the final metrics and paths as JSON")
     p.add_argument("--verbose", type=_bool, default=False)
@@ -268,6 +273,13 @@ def train_main(argv: list[str] | None = None) -> int:
             if args.pretrained:
                 check_checkpoint(args.pretrained)
                 train_kw["pretrained"] = str(Path(args.pretrained).resolve())
+            if args.teacher:
+                check_checkpoint(args.teacher)
+                train_kw["distill_model"] = str(Path(args.teacher).resolve())
+            if args.distill_weight is not None:
+                if not args.teacher:
+                    return _fail("--distill-weight needs --teacher WEIGHTS_PT (the detector to distil from)")
+                train_kw["dis"] = args.distill_weight
             metrics = model.train(**train_kw)
     except USER_ERRORS as e:
         return _fail(str(e))

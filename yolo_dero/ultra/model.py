@@ -329,7 +329,8 @@ def _ckpt_model(ckpt: Any) -> torch.nn.Module | None:
         return None
     for key in ("ema", "model"):
         if isinstance(ckpt.get(key), torch.nn.Module):
-            return ckpt[key]
+            # a distillation run's last.pt holds Ultralytics' DistillationModel: the detector is its student
+            return getattr(ckpt[key], "student_model", ckpt[key])
     return None
 
 
