@@ -1,5 +1,6 @@
 """The DERO unit's math, pinned against hand computations."""
 
+import copy
 import itertools
 
 import pytest
@@ -253,3 +254,39 @@ def test_styles_and_shortcut_gain():
     x = torch.randn(1, 4, 8, 8)
     assert torch.allclose(model(x), torch.relu(model[1].conv(model[1].bn_in(torch.relu(
         model[0].conv(model[0].bn_in(x)))))), atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(c_in=3, c_out=16, k=6, s=2, p=2, act="silu"),                             # YOLOv5n's stem
+    dict(c_in=8, c_out=8, k=3, groups=8, act="relu6", depthwise_bias=False),        # depthwise, no bias
+    dict(c_in=3, c_out=8, k=3, s=2, act_after_add=True),                           # pads x before bn_in
+    dict(c_in=4, c_out=8, k=1),
+])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_unit_on_an_input_without_gradient_trains_as_with_bn_in(kw, momentum):
+    """The stem reads the image, which needs no gradient: its bn_in is folded into the conv while training, so no
+    data gradient is computed. Same output, parameter gradients and running statistics as the unit computing
+    bn_in itself (odd sizes, so the border taps that read padding count)."""
+    torch.manual_seed(0)
+    unit = DeroUnit(**kw).train()
+    unit.bn_in.momentum = momentum
+    with torch.no_grad():
+        unit.bn_in.weight.uniform_(0.5, 1.5)
+        unit.bn_in.bias.uniform_(-1, 1)
+    reference = copy.deepcopy(unit)
+    for step in range(2):  # the second step reads the running statistics the first one left
+        x = torch.rand(4, kw["c_in"], 17, 15) * 3 + 1
+        y = unit(x)
+        y_ref = reference(x.clone().requires_grad_(True))  # an input with gradient: bn_in runs as itself
+        grad = torch.randn_like(y)
+        y.backward(grad)
+        y_ref.backward(grad)
+        assert _rel_err(y, y_ref) < 1e-5
+        for (name, p), p_ref in zip(unit.named_parameters(), reference.parameters()):
+            assert _rel_err(p.grad, p_ref.grad) < 1e-5, name  # sums of thousands of terms: relative to the largest
+        for (name, b), b_ref in zip(unit.named_buffers(), reference.buffers()):
+            assert _rel_err(b.double(), b_ref.double()) < 1e-6, name
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()

@@ -412,6 +412,43 @@ class Shortcut(nn.Module):
             else f"{self.c_in}->{self.c_out}"
 
 
+def conv_of_normalized_input(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(bn(x))`` for a BatchNorm in training mode, with the normalization folded into the conv's weights.
+
+    The same values and the same gradients for every parameter, but backward computes no gradient for the
+    conv's input. For a unit whose input needs none (the stem, reading the image), that gradient is the whole
+    cost of its pre-norm: on a CPU a 3-channel data gradient at full resolution costs more than the original
+    network's entire stem. ``bn``'s running statistics are updated as BatchNorm updates them. The conv zero-pads
+    ``bn(x)``, so the shift's contribution is a convolution of a ones mask (one channel, batch 1), which gives the
+    border taps their exact, smaller sum.
+    """
+    with torch.no_grad():
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+        if bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            n = x.numel() // x.shape[1]
+            bn.running_mean.lerp_(mean, momentum)
+            bn.running_var.lerp_(var * (n / max(n - 1, 1)), momentum)  # the running average keeps Bessel's factor
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -mean * scale + bn.bias if bn.bias is not None else -mean * scale
+    w = conv.weight
+    c_out, cg = w.shape[:2]
+    groups = conv.groups
+
+    def per_weight(v: torch.Tensor) -> torch.Tensor:  # input channel read by w[o, j]: group(o) * cg + j
+        return v.view(groups, 1, cg).expand(groups, c_out // groups, cg).reshape(c_out, cg, 1, 1)
+
+    y = F.conv2d(x, w * per_weight(scale), conv.bias, conv.stride, conv.padding, conv.dilation, groups)
+    taps = (w * per_weight(shift)).sum(1, keepdim=True)  # (c_out, 1, kh, kw): the shift's part of each tap
+    if any(conv.padding):
+        ones = x.new_ones(1, 1, *x.shape[-2:])
+        return y + F.conv2d(ones, taps, None, conv.stride, conv.padding, conv.dilation)
+    return y + taps.sum((1, 2, 3)).view(1, -1, 1, 1)
+
+
 class DeroUnit(nn.Module):
     """One operator with a residual around it alone: ``y = drop_path(act(conv(bn_in(x)))) + bn_sc(S(x))``,
     or ``y = act(drop_path(conv(bn_in(pad(x)))) + bn_sc(S(x)))`` with ``act_after_add``.
@@ -490,15 +527,25 @@ class DeroUnit(nn.Module):
             x = self.same_pad(x)
         z = F.pad(x, (self.pad,) * 4) if self.pad else x
         if self.act_after_add:
-            z = self.bn(self.conv(self.bn_in(z)))
+            z = self.bn(self._normalized_conv(z))
             if self.branch_1x1 is not None:
                 z = z + self.branch_1x1(x)
             z = self.drop_path(z)
         else:
-            z = self.drop_path(self.act(self.bn(self.conv(self.bn_in(z)))))
+            z = self.drop_path(self.act(self.bn(self._normalized_conv(z))))
         if self.shortcut is not None:
             z = z + self.shortcut(x)
         return self.act(z) if self.act_after_add else z
+
+
+    def _normalized_conv(self, z: torch.Tensor) -> torch.Tensor:
+        """``conv(bn_in(z))``; in training, on an input without gradient (the image), with ``bn_in`` folded into
+        the conv (:func:`conv_of_normalized_input`: same result, no gradient computed for the image)."""
+        bn = self.bn_in
+        if (bn.training and not z.requires_grad and torch.is_grad_enabled() and type(bn) is nn.BatchNorm2d
+                and self.conv.padding_mode == "zeros" and isinstance(self.conv.padding, tuple)):
+            return conv_of_normalized_input(self.conv, bn, z)
+        return self.conv(bn(z))
 
 
 class DeroPool(nn.Module):
