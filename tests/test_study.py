@@ -180,9 +180,9 @@ def test_test_only_without_weights_is_refused(tiny, tmp_path):
 
 def test_training_speed_times_every_arm(tmp_path):
     rates = study.training_speed("mcunet_v4", imgsz=32, batch=2, steps=1, rounds=1)
-    assert set(rates) == {"original", "plain", "dero", "dero-seed"} and all(r > 0 for r in rates.values())
+    assert set(rates) == {"original", "plain", "dero", "dero-rep", "dero-seed"} and all(r > 0 for r in rates.values())
     md = study.write_speed(tmp_path, ["mcunet_v4"], imgsz=32, batch=2, steps=1, rounds=1).read_text()
-    assert "| mcunet_v4 | 2, 32 |" in md and "dero / original" in md
+    assert "| mcunet_v4 | 2, 32 |" in md and "| dero / original | dero-rep / original |" in md
 
 
 def test_training_speed_of_the_detector_trains_every_arm(tmp_path):

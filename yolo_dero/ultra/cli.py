@@ -16,7 +16,7 @@ from ..datasets import DatasetError, resolve_data
 from ..fileutil import outputs_problem
 from ..paths import REPO_ROOT
 from .evaluate import evaluate_detector, report_label_issues
-from .model import CheckpointError, DeroYOLO, check_checkpoint
+from .model import DEFAULT_DETECTOR, CheckpointError, DeroYOLO, check_checkpoint
 from .parser import ModelConfigError
 
 # The default quick CPU schedule: DERO YOLOv5n on the built-in shapes data, reaching mAP50 >= 0.5 on its val
@@ -123,9 +123,10 @@ def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_det.py", description="Train a (DERO) YOLOv5n detector with Ultralytics, offline.",
         epilog="Extra Ultralytics train options may follow as key=value (e.g. hsv_h=0.0 cos_lr=True).")
-    p.add_argument("--model", default="cfg/yolov5n-dero.yaml",
-                   help="model YAML (cfg/yolov5n.yaml, cfg/yolov5n-dero.yaml, cfg/yolov5n-plain.yaml) or a .pt to "
-                        "fine-tune (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_DETECTOR,
+                   help="model YAML (cfg/yolov5n.yaml the original, cfg/yolov5n-dero-rep.yaml DERO's detector, which "
+                        "deploys as its plain twin cfg/yolov5n-plain-rep.yaml; cfg/yolov5n-dero.yaml the seed's form) "
+                        "or a .pt to fine-tune (default: %(default)s)")
     p.add_argument("--data", default="data/shapes.yaml", help="data YAML (default: %(default)s, the built-in set)")
     p.add_argument("--data-path", default=None, help="dataset root, overrides the data YAML's path: (and $DERO_COCO_DIR)")
     p.add_argument("--epochs", type=int, default=QUICK["epochs"], help="default: %(default)s")

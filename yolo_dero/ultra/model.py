@@ -42,6 +42,11 @@ __all__ = ["DeroDetectionModel", "DeroDetectionTrainer", "DeroYOLO", "Checkpoint
            "atomic_checkpoint_writes", "rewind_results_csv"]
 
 
+# DERO's detector: the re-parameterizable form. It trains as well as the pre-norm form (cfg/yolov5n-dero.yaml) at 10,
+# 20 and 40 epochs (docs/accuracy_study.md, finding 9) and deploys as its plain twin (one convolution per unit)
+DEFAULT_DETECTOR = "cfg/yolov5n-dero-rep.yaml"
+
+
 class CheckpointError(ValueError):
     """A .pt file that is not a usable detection checkpoint for these models."""
 
@@ -365,10 +370,11 @@ def check_checkpoint(path: str | Path) -> Path:
 class DeroYOLO(YOLO):
     """YOLO whose detection task uses :class:`DeroDetectionModel` and :class:`DeroDetectionTrainer`.
 
-    ``DeroYOLO('cfg/yolov5n-dero.yaml')`` (path relative to cwd or the repository) or ``DeroYOLO('best.pt')``.
+    ``DeroYOLO('cfg/yolov5n-dero-rep.yaml')`` (path relative to cwd or the repository) or ``DeroYOLO('best.pt')``;
+    the default is :data:`DEFAULT_DETECTOR`.
     """
 
-    def __init__(self, model: str | Path = "cfg/yolov5n-dero.yaml", task: str | None = None,
+    def __init__(self, model: str | Path = DEFAULT_DETECTOR, task: str | None = None,
                  verbose: bool = False):
         s = str(model)
         if s.lower().endswith((".yaml", ".yml")):
