@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train a YOLOv5n detector (DERO, plain or original) with Ultralytics, offline.
 
-    python train_det.py               # DERO YOLOv5n (cfg/yolov5n-dero-rep.yaml), built-in shapes data, quick CPU schedule
+    python train_det.py       # DERO YOLOv5n (cfg/yolov5n-dero-rep.yaml) on the built-in shapes, quick CPU schedule
     python train_det.py --model cfg/yolov5n-plain-rep.yaml --epochs 30 --imgsz 320   # its plain twin
     python train_det.py --data data/coco.yaml --data-path /data/coco --epochs 300 --imgsz 640 --batch 64 --device 0
     python train_det.py --resume runs/detect/yolov5n-dero-rep-shapes/weights/last.pt

@@ -20,10 +20,10 @@ export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$LOGS"
 
 jobs=()
-det_jobs() {  # the original and its distilled student in one chain: the student needs the original's best.pt
+det_jobs() {  # the detector's default (rep), its plain twin, the pre-norm form and the original
     for s in "$@"; do
-        jobs+=("det $DET_BUDGET --seeds $s --arms original dero-kd" "det $DET_BUDGET --seeds $s --arms dero"
-               "det $DET_BUDGET --seeds $s --arms plain")
+        jobs+=("det $DET_BUDGET --seeds $s --arms original" "det $DET_BUDGET --seeds $s --arms dero-rep"
+               "det $DET_BUDGET --seeds $s --arms plain-rep" "det $DET_BUDGET --seeds $s --arms dero")
     done
 }
 read -r -a det_seeds <<< "$DET_SEEDS"
