@@ -256,6 +256,17 @@ def test_a_detection_arm_can_override_keys_of_its_yaml(tmp_path):
     assert det_model_label("dero-poststem") == "cfg/yolov5n-dero.yaml with dero_style: identity-poststem"
 
 
+def test_a_distilled_detection_arm_needs_the_same_seeds_original(tmp_path):
+    args = study.parser().parse_args(["det", "--runs", str(tmp_path), "--epochs", "3"])
+    assert study.det_teacher("dero", 0, args) is None and "dero-kd" not in study.DET_DEFAULT_ARMS
+    with pytest.raises(SystemExit, match="run the 'original' arm first"):
+        study.det_teacher("dero-kd", 1, args)
+    best = tmp_path / study.budget_tag(args) / "yolov5n" / "original" / "seed1" / "weights" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"")
+    assert study.det_teacher("dero-kd", 1, args) == best
+
+
 def test_int8_goes_on_past_an_untrained_run_and_names_it(tmp_path, capsys):
     """A study run in pieces: the recorded runs stay in the table, an untrained one is listed with the command that
     trains it, and the exit code says something is missing."""

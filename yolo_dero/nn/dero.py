@@ -537,7 +537,6 @@ class DeroUnit(nn.Module):
             z = z + self.shortcut(x)
         return self.act(z) if self.act_after_add else z
 
-
     def _normalized_conv(self, z: torch.Tensor) -> torch.Tensor:
         """``conv(bn_in(z))``; in training, on an input without gradient (the image), with ``bn_in`` folded into
         the conv (:func:`conv_of_normalized_input`: same result, no gradient computed for the image)."""
