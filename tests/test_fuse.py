@@ -87,15 +87,24 @@ def test_yolo_fuse_fuses_the_seed_form():
     assert any(isinstance(m, FusedUnit) for m in fused.modules())
 
 
+@pytest.fixture
+def no_tf32():
+    """Full float32 convolutions and matmuls on the GPU for the tolerance checks, restored afterwards (monkeypatch
+    cannot: ``torch.backends.cuda.matmul`` computes the attribute, and its undo would delete it)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("cfg", ["cfg/yolov5n-dero.yaml", "cfg/yolov5n-dero-seed.yaml", "cfg/yolov5n-dero-rep.yaml"])
-def test_yolo_fuse_on_cuda(cfg):
+def test_yolo_fuse_on_cuda(cfg, no_tf32):
     """Ultralytics fuses the model on the training device before its final validation. Fusing on a GPU failed
     there (an H100 study run: the folds built helper tensors on the CPU); the fused model stays on the GPU and
     equals the unfused one."""
     from yolo_dero.ultra import DeroDetectionModel
 
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     model = _randomize_bn(DeroDetectionModel(cfg, nc=3, verbose=False)).cuda().eval()
     x = torch.randn(2, 3, 64, 64, device="cuda")
@@ -108,10 +117,9 @@ def test_yolo_fuse_on_cuda(cfg):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name,style", [("mcunet_v4_dero", "default"), ("resnet34_dero", "rep")])
-def test_fuse_and_reparameterize_on_cuda(name, style):
+def test_fuse_and_reparameterize_on_cuda(name, style, no_tf32):
     from yolo_dero.nn import reparameterize
 
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     model = _randomize_bn(get_model(name, num_classes=10, style=style)).cuda().eval()
     x = torch.randn(2, 3, 40, 40, device="cuda")
