@@ -256,6 +256,39 @@ def test_a_detection_arm_can_override_keys_of_its_yaml(tmp_path):
     assert det_model_label("dero-poststem") == "cfg/yolov5n-dero.yaml with dero_style: identity-poststem"
 
 
+def test_a_detection_arm_can_edit_the_layer_rows(tmp_path):
+    import yaml
+
+    from yolo_dero.paths import REPO_ROOT
+    from yolo_dero.study import det_model_cfg
+    from yolo_dero.ultra import DeroDetectionModel
+
+    def c3(cfg):
+        return [(sec, row) for sec in ("backbone", "head") for row in cfg[sec] if row[2].startswith("DeroC3")]
+
+    base = c3(yaml.safe_load(open(REPO_ROOT / "cfg" / "yolov5n-dero-rep.yaml")))
+    par = c3(yaml.safe_load(open(det_model_cfg("dero-rep-c3par", tmp_path))))
+    assert [row[2] for _, row in par] == ["DeroC3Seed"] * len(base) == ["DeroC3Seed"] * 8
+    wide = c3(yaml.safe_load(open(det_model_cfg("dero-rep-wide", tmp_path))))
+    assert [row[3] for _, row in wide] == [[row[3][0], True, 0.6] for _, row in base]
+    neck = c3(yaml.safe_load(open(det_model_cfg("dero-rep-necknosc", tmp_path))))
+    assert [row[3][1] for _, row in neck] == [sec == "backbone" for sec, _ in neck]  # only the neck's C3s lose theirs
+    # the edited rows build: the parallel branch adds C3's cv2 back to every C3 (4 backbone + 4 neck)
+    def n(arm):
+        model = DeroDetectionModel(det_model_cfg(arm, tmp_path), nc=3, verbose=False)
+        return sum(p.numel() for p in model.parameters())
+
+    assert n("dero-rep-c3par") > n("dero-rep") and n("dero-rep-wide") > n("dero-rep")
+
+
+def test_the_bias_warmup_is_part_of_the_detection_budget():
+    base = ["det", "--epochs", "20"]
+    default, zero = study.parser().parse_args(base), study.parser().parse_args(base + ["--warmup-bias-lr", "0"])
+    assert study.budget_tag(zero) == study.budget_tag(default) + "-wb0" and default.warmup_bias_lr is None
+    faster = study.parser().parse_args(base + ["--lr0", "0.004", "--warmup-epochs", "2"])
+    assert study.budget_tag(faster) == study.budget_tag(default) + "-lr0.004-w2"
+
+
 def test_a_distilled_detection_arm_needs_the_same_seeds_original(tmp_path):
     args = study.parser().parse_args(["det", "--runs", str(tmp_path), "--epochs", "3"])
     assert study.det_teacher("dero", 0, args) is None and "dero-kd" not in study.DET_DEFAULT_ARMS

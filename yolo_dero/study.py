@@ -72,12 +72,20 @@ DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "
             "dero-poststem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-poststem"}),
             "dero-statstem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-statstem"}),
             "dero-post": ("cfg/yolov5n-dero.yaml", {"dero_style": "post"}),
-            "dero-kd": "cfg/yolov5n-dero.yaml"}
+            "dero-kd": "cfg/yolov5n-dero.yaml",
+            # where the remaining gap to the original comes from: C3's parallel 1x1 branch (kept: DeroC3Seed rows),
+            # its parameter count (a wider chain), the neck's shortcuts (off, as in the original's neck C3s)
+            "dero-rep-c3par": ("cfg/yolov5n-dero-rep.yaml", {"modules": {"DeroC3": "DeroC3Seed"}}),
+            "dero-rep-wide": ("cfg/yolov5n-dero-rep.yaml", {"c3_expansion": 0.6}),
+            "dero-rep-necknosc": ("cfg/yolov5n-dero-rep.yaml", {"neck_c3_shortcut": False})}
 # an arm is a model YAML, or (YAML, keys to override): the run trains the YAML with those keys replaced. A "-kd" arm
 # distils from the same seed's trained original through Ultralytics' own `distill_model` (score-weighted feature
 # distillation at the head's input levels, weight `dis`). A plain `study det` trains the YAML arms without a teacher
 # (the stem-norm and distillation experiments run only when named)
 DET_DEFAULT_ARMS = [arm for arm, spec in DET_ARMS.items() if isinstance(spec, str) and not arm.endswith("-kd")]
+
+
+DET_LR0, DET_WARMUP_EPOCHS = 0.002, 1.0  # the detection budget's AdamW lr0 and warm-up (a run's folder names others)
 
 
 def det_model_cfg(arm: str, run_dir: Path) -> str:
@@ -90,11 +98,32 @@ def det_model_cfg(arm: str, run_dir: Path) -> str:
     from .ultra.parser import resolve_model_yaml
 
     path, overrides = spec
+    overrides = dict(overrides)
+    rows = {k: overrides.pop(k) for k in ("modules", "c3_expansion", "neck_c3_shortcut") if k in overrides}
     cfg = dict(yaml.safe_load(Path(resolve_model_yaml(path)).read_text()), **overrides)
+    _edit_rows(cfg, **rows)
     out = Path(run_dir) / f"{Path(path).stem.split('-')[0]}-{arm}.yaml"  # keeps the scale letter (yolov5n)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return str(out)
+
+
+def _edit_rows(cfg: Dict[str, Any], modules: Optional[Dict[str, str]] = None, c3_expansion: Optional[float] = None,
+               neck_c3_shortcut: Optional[bool] = None) -> None:
+    """Edit a model YAML's layer rows in place: rename modules (``{"DeroC3": "DeroC3Seed"}``), set every C3's hidden
+    width ratio ``e``, set the shortcut flag of the neck's (``head:``) C3s."""
+    for section in ("backbone", "head"):
+        for row in cfg[section]:
+            if modules and row[2] in modules:
+                row[2] = modules[row[2]]
+            if not row[2].startswith("DeroC3"):
+                continue
+            args = list(row[3]) + [True, 0.5][len(row[3]) - 1:]  # [c2, shortcut, e]
+            if c3_expansion is not None:
+                args[2] = c3_expansion
+            if neck_c3_shortcut is not None and section == "head":
+                args[1] = neck_c3_shortcut
+            row[3] = args
 
 
 def det_model_label(arm: str) -> str:
@@ -120,7 +149,10 @@ def budget_tag(args) -> str:
         return (f"cls-e{args.epochs}-b{args.batch_size}-lr{args.lr:g}-w{args.warmup_epochs}-wd{args.wd:g}"
                 f"-ls{args.label_smoothing:g}-crop{args.crop_scale_min:g}-flip{args.hflip_prob:g}"
                 + (f"-clip{args.clip_grad_norm:g}" if args.clip_grad_norm else ""))
-    return f"det-e{args.epochs}-i{args.imgsz}-b{args.batch}-n{args.n_train}"
+    return (f"det-e{args.epochs}-i{args.imgsz}-b{args.batch}-n{args.n_train}"  # + what differs from the defaults
+            + (f"-lr{args.lr0:g}" if args.lr0 != DET_LR0 else "")
+            + (f"-w{args.warmup_epochs:g}" if args.warmup_epochs != DET_WARMUP_EPOCHS else "")
+            + (f"-wb{args.warmup_bias_lr:g}" if args.warmup_bias_lr is not None else ""))
 
 
 def _write_json(path: Path, data: Dict[str, Any]) -> None:
@@ -223,6 +255,8 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
                   deterministic=True, optimizer="AdamW", lr0=args.lr0, warmup_epochs=args.warmup_epochs,
                   close_mosaic=max(1, args.epochs // 4), project=str(project), name=name, exist_ok=True, plots=False,
                   verbose=False, val=False)
+        if args.warmup_bias_lr is not None:
+            kw["warmup_bias_lr"] = args.warmup_bias_lr
         if args.device:
             kw["device"] = args.device
         if teacher:
@@ -239,7 +273,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
             "map50": round(v["map50"], 4), "coco_map50_95": round(v["pycocotools"]["map50_95"], 4),
             "coco_map50": round(v["pycocotools"]["map50"], 4), "params": v["params"],
             "budget": {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "n_train", "n_val", "lr0",
-                                                      "warmup_epochs")},
+                                                      "warmup_epochs", "warmup_bias_lr")},
             **({"teacher": str(teacher), "dis": args.dis} if teacher else {}),
             "train_img_s": round(statistics.median(rates), 1) if rates else None, "wall_s": round(time.time() - t0, 1)}
 
@@ -591,7 +625,9 @@ def to_markdown(runs, out: str = "results/study") -> str:
                 b = first["budget"]
                 lines += [f"Recipe (every arm): photo-digits detection set ({b['n_train']} train / {b['n_val']} val "
                           f"images at {b['imgsz']} px), {b['epochs']} epochs, batch {b['batch']}, AdamW lr0 "
-                          f"{b['lr0']}, warm-up {b['warmup_epochs']} epoch(s), one optimizer step per batch; "
+                          f"{b['lr0']}, warm-up {b['warmup_epochs']} epoch(s) (the biases' learning rate falling from "
+                          f"{0.1 if b.get('warmup_bias_lr') is None else b['warmup_bias_lr']:g}), one optimizer step "
+                          "per batch; "
                           "scored on best.pt.", ""]
             if "budget_argv" in first:
                 lines += [f"Recipe (every arm, `python -m classification.train --model M --seed S` plus): "
@@ -705,8 +741,11 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--batch", type=int, default=16)
             q.add_argument("--n-train", type=int, default=512)
             q.add_argument("--n-val", type=int, default=128)
-            q.add_argument("--lr0", type=float, default=0.002)
-            q.add_argument("--warmup-epochs", type=float, default=1.0)
+            q.add_argument("--lr0", type=float, default=DET_LR0)
+            q.add_argument("--warmup-epochs", type=float, default=DET_WARMUP_EPOCHS)
+            q.add_argument("--warmup-bias-lr", type=float, default=None,
+                           help="the biases' learning rate at the start of the warm-up, falling to lr0 (default: "
+                                "Ultralytics' 0.1)")
             q.add_argument("--dis", type=float, default=6.0,
                            help="distillation loss weight of the -kd arms (default: Ultralytics' %(default)s)")
             q.add_argument("--workers", type=int, default=None, help="dataloader workers (default: Ultralytics')")
