@@ -98,7 +98,8 @@ def no_tf32():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("cfg", ["cfg/yolov5n-dero.yaml", "cfg/yolov5n-dero-seed.yaml", "cfg/yolov5n-dero-rep.yaml"])
+@pytest.mark.parametrize("cfg", ["cfg/yolov5n-dero.yaml", "cfg/yolov5n-dero-seed.yaml", "cfg/yolov5n-dero-rep.yaml",
+                                 "cfg/yolov5n-dero-rep-c3.yaml"])
 def test_yolo_fuse_on_cuda(cfg, no_tf32):
     """Ultralytics fuses the model on the training device before its final validation. Fusing on a GPU failed
     there (an H100 study run: the folds built helper tensors on the CPU); the fused model stays on the GPU and

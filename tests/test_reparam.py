@@ -115,18 +115,20 @@ def test_rep_style_keeps_pools_plain_and_acts_after_the_add():
     assert all(u.act_after_add and u.shortcut is not None for u in model.modules() if isinstance(u, DeroUnit))
 
 
-def test_reparameterized_yolo_equals_unfused_and_fuse_folds_every_unit():
+@pytest.mark.parametrize("dero_cfg, plain_cfg", [("yolov5n-dero-rep.yaml", "yolov5n-plain-rep.yaml"),
+                                                 ("yolov5n-dero-rep-c3.yaml", "yolov5n-plain-rep-c3.yaml")])
+def test_reparameterized_yolo_equals_unfused_and_fuse_folds_every_unit(dero_cfg, plain_cfg):
     from yolo_dero.ultra import DeroDetectionModel
 
     torch.manual_seed(0)
-    model = _randomize_bn(DeroDetectionModel("cfg/yolov5n-dero-rep.yaml", nc=3, verbose=False))
+    model = _randomize_bn(DeroDetectionModel(f"cfg/{dero_cfg}", nc=3, verbose=False))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         y = model(x)[0]
         fused = copy.deepcopy(model).fuse(verbose=False)
         assert _rel_err(y, fused(x)[0]) < 1e-5
     assert not any(isinstance(m, (DeroUnit, nn.BatchNorm2d)) for m in fused.modules())
-    plain = DeroDetectionModel("cfg/yolov5n-plain-rep.yaml", nc=3, verbose=False).fuse(verbose=False)
+    plain = DeroDetectionModel(f"cfg/{plain_cfg}", nc=3, verbose=False).fuse(verbose=False)
     assert _conv_shapes(fused) == _conv_shapes(plain)
 
 

@@ -267,18 +267,20 @@ def test_a_detection_arm_can_edit_the_layer_rows(tmp_path):
         return [(sec, row) for sec in ("backbone", "head") for row in cfg[sec] if row[2].startswith("DeroC3")]
 
     base = c3(yaml.safe_load(open(REPO_ROOT / "cfg" / "yolov5n-dero-rep.yaml")))
-    par = c3(yaml.safe_load(open(det_model_cfg("dero-rep-c3par", tmp_path))))
-    assert [row[2] for _, row in par] == ["DeroC3Seed"] * len(base) == ["DeroC3Seed"] * 8
     wide = c3(yaml.safe_load(open(det_model_cfg("dero-rep-wide", tmp_path))))
     assert [row[3] for _, row in wide] == [[row[3][0], True, 0.6] for _, row in base]
     neck = c3(yaml.safe_load(open(det_model_cfg("dero-rep-necknosc", tmp_path))))
     assert [row[3][1] for _, row in neck] == [sec == "backbone" for sec, _ in neck]  # only the neck's C3s lose theirs
-    # the edited rows build: the parallel branch adds C3's cv2 back to every C3 (4 backbone + 4 neck)
+    only = yaml.safe_load(open(det_model_cfg("dero-rep-c3only", tmp_path)))
+    convs = [row[3] for sec in ("backbone", "head") for row in only[sec] if row[2] == "DeroConv"]
+    assert len(convs) == 9 and all(len(a) == 5 and a[4] is False for a in convs) and convs[0][:4] == [64, 6, 2, 2]
+    # the edited rows build: a wider chain has more parameters, a unit without its shortcut loses its shortcut BatchNorm
     def n(arm):
         model = DeroDetectionModel(det_model_cfg(arm, tmp_path), nc=3, verbose=False)
         return sum(p.numel() for p in model.parameters())
 
-    assert n("dero-rep-c3par") > n("dero-rep") and n("dero-rep-wide") > n("dero-rep")
+    rep = n("dero-rep")
+    assert n("dero-rep-wide") > rep > n("dero-rep-necknosc") and rep > n("dero-rep-c3only")
 
 
 def test_the_bias_warmup_is_part_of_the_detection_budget():

@@ -68,16 +68,19 @@ CLS_ARMS: Dict[str, tuple] = {
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
             "dero-seed": "cfg/yolov5n-dero-seed.yaml", "dero-rep": "cfg/yolov5n-dero-rep.yaml",
             "plain-rep": "cfg/yolov5n-plain-rep.yaml", "dero-slice": "cfg/yolov5n-dero-slice.yaml",
+            "dero-rep-c3par": "cfg/yolov5n-dero-rep-c3.yaml", "plain-rep-c3": "cfg/yolov5n-plain-rep-c3.yaml",
             "dero-nostembn": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-nostembn"}),
             "dero-poststem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-poststem"}),
             "dero-statstem": ("cfg/yolov5n-dero.yaml", {"dero_style": "identity-statstem"}),
             "dero-post": ("cfg/yolov5n-dero.yaml", {"dero_style": "post"}),
             "dero-kd": "cfg/yolov5n-dero.yaml",
-            # where the remaining gap to the original comes from: C3's parallel 1x1 branch (kept: DeroC3Seed rows),
-            # its parameter count (a wider chain), the neck's shortcuts (off, as in the original's neck C3s)
-            "dero-rep-c3par": ("cfg/yolov5n-dero-rep.yaml", {"modules": {"DeroC3": "DeroC3Seed"}}),
+            # where the remaining gap to the original comes from: C3's parallel 1x1 branch (dero-rep-c3par above:
+            # DeroC3Seed rows; its first runs were recorded as cfg/yolov5n-dero-rep.yaml with those rows, the same
+            # model), its parameter count (a wider chain), the neck's shortcuts (off, as in the original's neck C3s)
             "dero-rep-wide": ("cfg/yolov5n-dero-rep.yaml", {"c3_expansion": 0.6}),
-            "dero-rep-necknosc": ("cfg/yolov5n-dero-rep.yaml", {"neck_c3_shortcut": False})}
+            "dero-rep-necknosc": ("cfg/yolov5n-dero-rep.yaml", {"neck_c3_shortcut": False}),
+            # shortcuts only where the original has residuals (inside C3s): no stem/strided/1x1 DeroConv shortcut
+            "dero-rep-c3only": ("cfg/yolov5n-dero-rep.yaml", {"conv_shortcut": False})}
 # an arm is a model YAML, or (YAML, keys to override): the run trains the YAML with those keys replaced. A "-kd" arm
 # distils from the same seed's trained original through Ultralytics' own `distill_model` (score-weighted feature
 # distillation at the head's input levels, weight `dis`). A plain `study det` trains the YAML arms without a teacher
@@ -99,7 +102,7 @@ def det_model_cfg(arm: str, run_dir: Path) -> str:
 
     path, overrides = spec
     overrides = dict(overrides)
-    rows = {k: overrides.pop(k) for k in ("modules", "c3_expansion", "neck_c3_shortcut") if k in overrides}
+    rows = {k: overrides.pop(k) for k in ("c3_expansion", "neck_c3_shortcut", "conv_shortcut") if k in overrides}
     cfg = dict(yaml.safe_load(Path(resolve_model_yaml(path)).read_text()), **overrides)
     _edit_rows(cfg, **rows)
     out = Path(run_dir) / f"{Path(path).stem.split('-')[0]}-{arm}.yaml"  # keeps the scale letter (yolov5n)
@@ -108,14 +111,15 @@ def det_model_cfg(arm: str, run_dir: Path) -> str:
     return str(out)
 
 
-def _edit_rows(cfg: Dict[str, Any], modules: Optional[Dict[str, str]] = None, c3_expansion: Optional[float] = None,
-               neck_c3_shortcut: Optional[bool] = None) -> None:
-    """Edit a model YAML's layer rows in place: rename modules (``{"DeroC3": "DeroC3Seed"}``), set every C3's hidden
-    width ratio ``e``, set the shortcut flag of the neck's (``head:``) C3s."""
+def _edit_rows(cfg: Dict[str, Any], c3_expansion: Optional[float] = None, neck_c3_shortcut: Optional[bool] = None,
+               conv_shortcut: Optional[bool] = None) -> None:
+    """Edit a model YAML's layer rows in place: set every C3's hidden width ratio ``e``, the shortcut flag of the
+    neck's (``head:``) C3s, the shortcut flag of every ``DeroConv`` row."""
     for section in ("backbone", "head"):
         for row in cfg[section]:
-            if modules and row[2] in modules:
-                row[2] = modules[row[2]]
+            if row[2] == "DeroConv" and conv_shortcut is not None:  # [c2, k, s, p, shortcut]
+                args = list(row[3]) + [None] * (4 - len(row[3]))
+                row[3] = args[:4] + [conv_shortcut]
             if not row[2].startswith("DeroC3"):
                 continue
             args = list(row[3]) + [True, 0.5][len(row[3]) - 1:]  # [c2, shortcut, e]
