@@ -280,7 +280,10 @@ def test_a_yaml_stem_norm_changes_only_the_stem(tmp_path, style):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         y = m(x)[0]
-        torch.testing.assert_close(copy.deepcopy(m).fuse(verbose=False)(x)[0], y, rtol=1e-4, atol=1e-3)
+        err = (copy.deepcopy(m).fuse(verbose=False)(x)[0] - y).abs().max() / y.abs().max()
+    # relative to the largest output (box coordinates in pixels): the DFL softmax amplifies float32 rounding in
+    # single elements (0.0039 px of 8.8 in one of 588 with the RNG state of a test run); a broken fold is off by ~1
+    assert err < 1e-4
 
 
 def test_the_default_style_builds_a_yolo_model(tmp_path):

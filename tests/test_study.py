@@ -196,6 +196,7 @@ def test_training_speed_of_the_detector_trains_every_arm(tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     md = study.write_speed(tmp_path, ["yolov5n"], det_imgsz=64, det_batch=2, steps=1, rounds=1).read_text()
     assert "| yolov5n | 2, 64 |" in md
+    assert "dero-rep-c3 (`cfg/yolov5n-dero-rep-c3.yaml`)" in md and "of the original" in md  # the detector's default
 
 
 def test_latency_times_every_form_of_every_family(tmp_path, capsys):

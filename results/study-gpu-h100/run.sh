@@ -20,10 +20,10 @@ export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$LOGS"
 
 jobs=()
-det_jobs() {  # the detector's default (rep), its plain twin, the pre-norm form and the original
+det_jobs() {  # the detector's default (rep with C3's branch) and its plain twin, the pure-chain rep form, the original
     for s in "$@"; do
-        jobs+=("det $DET_BUDGET --seeds $s --arms original" "det $DET_BUDGET --seeds $s --arms dero-rep"
-               "det $DET_BUDGET --seeds $s --arms plain-rep" "det $DET_BUDGET --seeds $s --arms dero")
+        jobs+=("det $DET_BUDGET --seeds $s --arms original" "det $DET_BUDGET --seeds $s --arms dero-rep-c3par"
+               "det $DET_BUDGET --seeds $s --arms plain-rep-c3" "det $DET_BUDGET --seeds $s --arms dero-rep")
     done
 }
 read -r -a det_seeds <<< "$DET_SEEDS"

@@ -124,8 +124,9 @@ def train_parser() -> argparse.ArgumentParser:
         prog="train_det.py", description="Train a (DERO) YOLOv5n detector with Ultralytics, offline.",
         epilog="Extra Ultralytics train options may follow as key=value (e.g. hsv_h=0.0 cos_lr=True).")
     p.add_argument("--model", default=DEFAULT_DETECTOR,
-                   help="model YAML (cfg/yolov5n.yaml the original, cfg/yolov5n-dero-rep.yaml DERO's detector, which "
-                        "deploys as its plain twin cfg/yolov5n-plain-rep.yaml; cfg/yolov5n-dero.yaml the seed's form) "
+                   help="model YAML (cfg/yolov5n.yaml the original, cfg/yolov5n-dero-rep-c3.yaml DERO's detector, "
+                        "which deploys as its plain twin cfg/yolov5n-plain-rep-c3.yaml; cfg/yolov5n-dero-rep.yaml the "
+                        "same with C3 as a pure chain; cfg/yolov5n-dero.yaml the seed's unit) "
                         "or a .pt to fine-tune (default: %(default)s)")
     p.add_argument("--data", default="data/shapes.yaml", help="data YAML (default: %(default)s, the built-in set)")
     p.add_argument("--data-path", default=None, help="dataset root, overrides the data YAML's path: (and $DERO_COCO_DIR)")
