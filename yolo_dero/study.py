@@ -584,12 +584,6 @@ def write_latency(out: Path, cases: Sequence[Tuple[str, int]], flush_denormal: b
         p = r["plain"]
         lines.append(f"| {case} | " + " | ".join(f"{r[a]:.2f}" if a in r else "n/a" for a in arms) + " | "
                      + " | ".join(f"{r[a] / p:.3f}" if a in r else "n/a" for _, a in LATENCY_RATIOS) + " |")
-    if "yolov5n" in rows:
-        r = rows["yolov5n"]
-        extra = [a for a in YOLO_SPEED_YAMLS if a not in SPEED_ARMS]
-        lines += ["", "YOLOv5n only, same run: " + "; ".join(
-            f"{a} (`cfg/{YOLO_SPEED_YAMLS[a]}`) {r[a]:.1f} img/s, {r[a] / r['original']:.3f} of the original"
-            for a in extra) + "."]
     md = js.with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
     return md
