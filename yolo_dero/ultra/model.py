@@ -42,10 +42,10 @@ __all__ = ["DeroDetectionModel", "DeroDetectionTrainer", "DeroYOLO", "Checkpoint
            "atomic_checkpoint_writes", "rewind_results_csv"]
 
 
-# DERO's detector: the re-parameterizable form with C3's parallel branch kept. At 40 epochs it trains 2.6 points
-# (mean of five seeds) closer to the original than the pure-chain C3 of cfg/yolov5n-dero-rep.yaml, with the
-# original's parameters and MACs, and deploys as its plain twin at the original's TFLite Micro arena
-# (docs/accuracy_study.md, finding 10)
+# DERO's detector: the re-parameterizable form with C3's parallel branch kept. It trains closer to the original than
+# the pure-chain C3 of cfg/yolov5n-dero-rep.yaml, has the original's parameters and MACs, and deploys as its plain
+# twin (cfg/yolov5n-plain-rep-c3.yaml, which trains as well) at the original's TFLite Micro arena; the figures are in
+# docs/accuracy_study.md, finding 10
 DEFAULT_DETECTOR = "cfg/yolov5n-dero-rep-c3.yaml"
 
 
