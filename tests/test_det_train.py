@@ -222,6 +222,7 @@ STOP_AFTER_FIRST_EPOCH = textwrap.dedent('''
                 raise KeyboardInterrupt  # as if Ctrl-C arrived right after epoch 1 was saved
 
         self.add_callback("on_model_save", stop)
+        self.add_callback("on_train_start", lambda trainer: print("training", type(trainer.model).__name__))
 
     M.DeroDetectionTrainer.__init__ = __init__
     from yolo_dero.ultra.cli import train_main
@@ -251,21 +252,28 @@ def test_interrupted_training_resumes_to_the_same_epochs(env, tmp_path):
     assert done.returncode == 2 and "nothing to resume" in done.stderr
 
 
-def test_distillation_resumes_and_saves_only_the_student(env, dero_run, tmp_path):
-    """--teacher: Ultralytics' distillation through our trainer. An interrupted run resumes with its teacher and
-    weight (its last.pt holds Ultralytics' DistillationModel), the loss has a distillation term in every epoch, and
-    best.pt holds the student alone."""
+@pytest.mark.parametrize("kind, wrapper", [("feature", "DistillationModel"), ("head", "HeadDistillationModel")])
+def test_distillation_resumes_and_saves_only_the_student(env, dero_run, tmp_path, kind, wrapper):
+    """--teacher: Ultralytics' distillation wrapper through our trainer, with its feature loss or ours at the head's
+    outputs. An interrupted run resumes with its teacher, weight and kind of distillation (its last.pt holds the
+    wrapper), the loss has a distillation term in every epoch, and best.pt holds the student alone."""
     teacher = dero_run["res"]["best"]  # any detector can teach; the original YOLOv5n in the study
     bad = run(env, REPO_ROOT / "train_det.py", "--data", env["tiny"], "--distill-weight", 3, check=False)
     assert bad.returncode == 2 and "--distill-weight needs --teacher" in bad.stderr
     script = tmp_path / "interrupted_train.py"
     script.write_text(STOP_AFTER_FIRST_EPOCH)
     p = run(env, script, "--data", env["tiny"], "--epochs", 2, "--imgsz", 160, "--batch", 4, "--plots", "false",
-            "--project", tmp_path / "runs", "--name", "kd", "--teacher", teacher, "--distill-weight", 3, check=False)
+            "--project", tmp_path / "runs", "--name", "kd", "--teacher", teacher, "--distill", kind,
+            "--distill-weight", 3, check=False)
     assert p.returncode == 130, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"training {wrapper}\n" in p.stdout
     last = tmp_path / "runs" / "kd" / "weights" / "last.pt"
+    import yolo_dero.ultra  # noqa: F401  (its offline set-up comes before the unpickling imports Ultralytics)
+
+    assert type(torch.load(last, map_location="cpu", weights_only=False)["ema"]).__name__ == wrapper
     out = tmp_path / "resumed.json"
-    run(env, REPO_ROOT / "train_det.py", "--resume", last, "--json-out", out)
+    q = run(env, script, "--resume", last, "--json-out", out)  # stops only after a first epoch: runs to the end
+    assert f"training {wrapper}\n" in q.stdout
     rows = (tmp_path / "runs" / "kd" / "results.csv").read_text().strip().splitlines()
     col = [c.strip() for c in rows[0].split(",")].index("train/dis_loss")
     assert [float(r.split(",")[col]) > 0 for r in rows[1:]] == [True, True]

@@ -301,6 +301,9 @@ def test_a_distilled_detection_arm_needs_the_same_seeds_original(tmp_path):
     best.parent.mkdir(parents=True)
     best.write_bytes(b"")
     assert study.det_teacher("dero-kd", 1, args) == best
+    # distillation at the head's outputs: the same teacher, never a default arm
+    assert study.det_teacher("dero-rep-c3par-hkd", 1, args) == best
+    assert not {"dero-rep-c3par-hkd", "plain-rep-c3-hkd"} & set(study.DET_DEFAULT_ARMS)
 
 
 def test_int8_goes_on_past_an_untrained_run_and_names_it(tmp_path, capsys):

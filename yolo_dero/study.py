@@ -80,12 +80,17 @@ DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "
             "dero-rep-wide": ("cfg/yolov5n-dero-rep.yaml", {"c3_expansion": 0.6}),
             "dero-rep-necknosc": ("cfg/yolov5n-dero-rep.yaml", {"neck_c3_shortcut": False}),
             # shortcuts only where the original has residuals (inside C3s): no stem/strided/1x1 DeroConv shortcut
-            "dero-rep-c3only": ("cfg/yolov5n-dero-rep.yaml", {"conv_shortcut": False})}
+            "dero-rep-c3only": ("cfg/yolov5n-dero-rep.yaml", {"conv_shortcut": False}),
+            # distillation at the head's outputs (class scores and box distributions) from the same seed's original
+            "dero-rep-c3par-hkd": "cfg/yolov5n-dero-rep-c3.yaml", "plain-rep-c3-hkd": "cfg/yolov5n-plain-rep-c3.yaml"}
 # an arm is a model YAML, or (YAML, keys to override): the run trains the YAML with those keys replaced. A "-kd" arm
 # distils from the same seed's trained original through Ultralytics' own `distill_model` (score-weighted feature
-# distillation at the head's input levels, weight `dis`). A plain `study det` trains the YAML arms without a teacher
-# (the stem-norm and distillation experiments run only when named)
-DET_DEFAULT_ARMS = [arm for arm, spec in DET_ARMS.items() if isinstance(spec, str) and not arm.endswith("-kd")]
+# distillation at the head's input levels, weight `dis`); a "-hkd" arm distils at the head's outputs instead
+# (yolo_dero.ultra.distill). A plain `study det` trains the YAML arms without a teacher (the stem-norm and
+# distillation experiments run only when named)
+DET_DEFAULT_ARMS = [arm for arm, spec in DET_ARMS.items()
+                    if isinstance(spec, str) and not arm.endswith(("-kd", "-hkd"))]
+DET_DIS = {"-kd": 6.0, "-hkd": 1.0}  # the distillation weight `dis` unless --dis says (Ultralytics' default; ours)
 
 
 DET_LR0, DET_WARMUP_EPOCHS = 0.002, 1.0  # the detection budget's AdamW lr0 and warm-up (a run's folder names others)
@@ -223,8 +228,9 @@ def _unfinished(last: Path) -> bool:
 
 
 def det_teacher(arm: str, seed: int, args) -> Optional[Path]:
-    """The teacher a "-kd" detection arm distils from: the same budget's and seed's trained original (else None)."""
-    if not arm.endswith("-kd"):
+    """The teacher a "-kd"/"-hkd" detection arm distils from: the same budget's and seed's trained original (else
+    None)."""
+    if not arm.endswith(("-kd", "-hkd")):
         return None
     teacher = Path(args.runs) / budget_tag(args) / "yolov5n" / "original" / f"seed{seed}" / "weights" / "best.pt"
     if not teacher.is_file():
@@ -236,7 +242,7 @@ def det_teacher(arm: str, seed: int, args) -> Optional[Path]:
 def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     """Train one detection arm for one seed through Ultralytics and score its best.pt both ways."""
     from .datasets.photo_digits_det import generate_photo_digits_det
-    from .ultra import DeroYOLO
+    from .ultra import DeroHeadDistillationTrainer, DeroYOLO
     from .ultra.evaluate import evaluate_detector
 
     data = generate_photo_digits_det(n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz)
@@ -246,6 +252,8 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     epochs: List[Dict[str, float]] = []
     epoch_t0: Dict[str, float] = {}
     teacher = det_teacher(arm, seed, args)
+    trainer = DeroHeadDistillationTrainer if arm.endswith("-hkd") else None  # a resume finds it in last.pt too
+    dis = args.dis if args.dis is not None else DET_DIS["-hkd" if arm.endswith("-hkd") else "-kd"]
     model = DeroYOLO(str(last) if _unfinished(last) else det_model_cfg(arm, project))
     model.add_callback("on_train_epoch_start", lambda tr: epoch_t0.update(t=time.perf_counter()))
     model.add_callback("on_train_epoch_end", lambda tr: epochs.append(
@@ -253,7 +261,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     t0 = time.time()
     if _unfinished(last):
         print(f"resuming {last}", flush=True)
-        model.train(resume=True)
+        model.train(trainer=trainer, resume=True)
     else:
         kw = dict(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, nbs=args.batch, seed=seed,
                   deterministic=True, optimizer="AdamW", lr0=args.lr0, warmup_epochs=args.warmup_epochs,
@@ -264,10 +272,10 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
         if args.device:
             kw["device"] = args.device
         if teacher:
-            kw.update(distill_model=str(teacher), dis=args.dis)
+            kw.update(distill_model=str(teacher), dis=dis)
         if args.workers is not None:
             kw["workers"] = args.workers
-        model.train(**kw)
+        model.train(trainer=trainer, **kw)
     best = project / name / "weights" / "best.pt"
     v = evaluate_detector(str(best if best.is_file() else last), data=str(data), imgsz=args.imgsz, device=args.device,
                           project=str(project / "val"), name=name, label_scan=False)
@@ -278,7 +286,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
             "coco_map50": round(v["pycocotools"]["map50"], 4), "params": v["params"],
             "budget": {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "n_train", "n_val", "lr0",
                                                       "warmup_epochs", "warmup_bias_lr")},
-            **({"teacher": str(teacher), "dis": args.dis} if teacher else {}),
+            **({"teacher": str(teacher), "dis": dis, "distill": "head" if trainer else "feature"} if teacher else {}),
             "train_img_s": round(statistics.median(rates), 1) if rates else None, "wall_s": round(time.time() - t0, 1)}
 
 
@@ -757,8 +765,8 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--warmup-bias-lr", type=float, default=None,
                            help="the biases' learning rate at the start of the warm-up, falling to lr0 (default: "
                                 "Ultralytics' 0.1)")
-            q.add_argument("--dis", type=float, default=6.0,
-                           help="distillation loss weight of the -kd arms (default: Ultralytics' %(default)s)")
+            q.add_argument("--dis", type=float, default=None,
+                           help="distillation loss weight (default: Ultralytics' 6.0 for -kd arms, 1.0 for -hkd)")
             q.add_argument("--workers", type=int, default=None, help="dataloader workers (default: Ultralytics')")
     return p
 

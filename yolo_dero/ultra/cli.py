@@ -16,7 +16,7 @@ from ..datasets import DatasetError, resolve_data
 from ..fileutil import outputs_problem
 from ..paths import REPO_ROOT
 from .evaluate import evaluate_detector, report_label_issues
-from .model import DEFAULT_DETECTOR, CheckpointError, DeroYOLO, check_checkpoint
+from .model import DEFAULT_DETECTOR, CheckpointError, DeroHeadDistillationTrainer, DeroYOLO, check_checkpoint
 from .parser import ModelConfigError
 
 # The default quick CPU schedule: DERO YOLOv5n on the built-in shapes data, reaching mAP50 >= 0.5 on its val
@@ -174,15 +174,23 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", type=_bool, default=True)
     p.add_argument("--pretrained", default=None, help="a .pt whose matching weights initialise the model")
     p.add_argument("--teacher", default=None, metavar="WEIGHTS_PT",
-                   help="distil from this trained detector (e.g. the original YOLOv5n's best.pt): Ultralytics' "
-                        "feature distillation at the head's input levels (its distill_model)")
+                   help="distil from this trained detector (e.g. the original YOLOv5n's best.pt), with the same "
+                        "classes; see --distill")
+    p.add_argument("--distill", choices=DISTILL_KINDS, default=DEFAULT_DISTILL,
+                   help="head: match the teacher's class scores and box distributions (yolo_dero.ultra.distill); "
+                        "feature: Ultralytics' feature matching at the head's inputs (default: %(default)s)")
     p.add_argument("--distill-weight", type=float, default=None,
-                   help="weight of the distillation loss (Ultralytics' dis, default 6.0)")
+                   help="weight of the distillation loss, Ultralytics' dis (default: 1.0 for head, where 1 weighs "
+                        "the teacher like the labels; Ultralytics' 6.0 for feature)")
     p.add_argument("--no-label-scan", action="store_true", help="skip the label pre-scan")
     p.add_argument("--json-out", default=None, help="write the final metrics and paths as JSON")
     p.add_argument("--verbose", type=_bool, default=False)
     p.add_argument("extra", nargs="*", help="extra Ultralytics options, key=value")
     return p
+
+
+DISTILL_KINDS = ("head", "feature")
+DEFAULT_DISTILL = "feature"
 
 
 def _resume_hint(model: Any) -> str:
@@ -278,11 +286,14 @@ def train_main(argv: list[str] | None = None) -> int:
             if args.teacher:
                 check_checkpoint(args.teacher)
                 train_kw["distill_model"] = str(Path(args.teacher).resolve())
-            if args.distill_weight is not None:
-                if not args.teacher:
-                    return _fail("--distill-weight needs --teacher WEIGHTS_PT (the detector to distil from)")
-                train_kw["dis"] = args.distill_weight
-            metrics = model.train(**train_kw)
+            if args.distill_weight is not None and not args.teacher:
+                return _fail("--distill-weight needs --teacher WEIGHTS_PT (the detector to distil from)")
+            trainer = None
+            if args.teacher:
+                head = args.distill == "head"
+                trainer = DeroHeadDistillationTrainer if head else None
+                train_kw["dis"] = args.distill_weight if args.distill_weight is not None else (1.0 if head else 6.0)
+            metrics = model.train(trainer=trainer, **train_kw)
     except USER_ERRORS as e:
         return _fail(str(e))
     except OSError as e:

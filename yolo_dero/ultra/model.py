@@ -24,6 +24,7 @@ import torch
 from ultralytics import YOLO
 from ultralytics.models import yolo
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.distill_model import DistillationModel
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, RANK
@@ -34,6 +35,7 @@ from ..nn.dero import exportable_shortcuts
 from ..nn.fuse import fuse_units
 from ..nn.padding import to_same_padding
 from ..nn import apply_stem_norm, get_style
+from .distill import HeadDistillationModel
 from .env import offline_check_amp
 from .convert import convert_to_dero, stock_layout
 from .parser import ModelConfigError, load_model_yaml, parse_stages, resolve_model_yaml
@@ -281,6 +283,7 @@ class DeroDetectionTrainer(DetectionTrainer):
     """
 
     _time_offset = 0.0  # seconds of training before a resume (results.csv's time column continues from it)
+    distill_head = False  # with ``distill_model``: Ultralytics' feature distillation (True: HeadDistillationModel)
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None,
                   verbose: bool = True):
@@ -289,6 +292,23 @@ class DeroDetectionTrainer(DetectionTrainer):
         if weights:
             model.load(weights)
         return model
+
+    def setup_model(self):
+        """Ultralytics' model set-up; with a teacher and head distillation (this trainer's ``distill_head``, or a
+        resumed checkpoint trained so), the teacher-student wrapper is a :class:`~.distill.HeadDistillationModel`
+        (Ultralytics wraps the model itself later only if it is not one already)."""
+        ckpt = super().setup_model()
+        if self.args.distill_model is None:
+            return ckpt
+        wrapped = isinstance(self.model, DistillationModel)
+        saved = ckpt.get("ema") if isinstance(ckpt, dict) else None
+        if self.distill_head or isinstance(saved, HeadDistillationModel):
+            if wrapped:  # resumed: Ultralytics rebuilt its wrapper; ours has the same state, only its loss differs
+                self.model.__class__ = HeadDistillationModel
+            else:
+                self.model.args = self.args  # the wrapper reads imgsz and dis from its student
+                self.model = HeadDistillationModel(student_model=self.model, teacher_model=self.args.distill_model)
+        return ckpt
 
     def _setup_train(self):
         """Ultralytics' setup, after deleting the temporary files of checkpoint saves a kill interrupted, with a
@@ -329,6 +349,13 @@ class DeroDetectionTrainer(DetectionTrainer):
             super().save_metrics(metrics)
         finally:
             self.train_time_start = start
+
+
+class DeroHeadDistillationTrainer(DeroDetectionTrainer):
+    """:class:`DeroDetectionTrainer` that distils from ``distill_model`` at the head's outputs
+    (:class:`~.distill.HeadDistillationModel`) rather than with Ultralytics' feature matching."""
+
+    distill_head = True
 
 
 def _ckpt_model(ckpt: Any) -> torch.nn.Module | None:
