@@ -188,15 +188,19 @@ def test_training_speed_times_every_arm(tmp_path):
 def test_training_speed_of_the_detector_trains_every_arm(tmp_path):
     """YOLOv5n's arms train on Ultralytics' detection loss: a finite loss whose gradients reach the weights, timed."""
     fns = study._speed_step_fns("yolov5n", 64, 2, "cpu")
-    assert set(fns) == set(study.YOLO_SPEED_YAMLS)
-    model, loss_fn = fns["dero"]
-    loss = loss_fn()
-    assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
-    loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert set(fns) == set(study.YOLO_SPEED_YAMLS) | set(study.YOLO_SPEED_DISTILLED)
+    for arm in ["dero", "dero-rep-c3-hkd"]:  # the distilled one: its student learns, its teacher stays frozen
+        model, loss_fn = fns[arm]
+        loss = loss_fn()
+        assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
+        loss.backward()
+        student = getattr(model, "student_model", model)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in fns["dero-rep-c3-hkd"][0].teacher_model.parameters())
     md = study.write_speed(tmp_path, ["yolov5n"], det_imgsz=64, det_batch=2, steps=1, rounds=1).read_text()
     assert "| yolov5n | 2, 64 |" in md
     assert "dero-rep-c3 (`cfg/yolov5n-dero-rep-c3.yaml`)" in md and "of the original" in md  # the detector's default
+    assert "dero-rep-c3-hkd (`cfg/yolov5n-dero-rep-c3.yaml` distilled" in md
 
 
 def test_latency_times_every_form_of_every_family(tmp_path, capsys):

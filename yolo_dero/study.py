@@ -298,6 +298,8 @@ SPEED_ARMS = {"original": ("original", None), "plain": ("plain", "default"), "de
 YOLO_SPEED_YAMLS = {"original": "yolov5n.yaml", "plain": "yolov5n-plain.yaml", "dero": "yolov5n-dero.yaml",
                     "dero-rep": "yolov5n-dero-rep.yaml", "dero-seed": "yolov5n-dero-seed.yaml",
                     "dero-rep-c3": "yolov5n-dero-rep-c3.yaml"}  # the last: YOLOv5n only, the detector's default
+# YOLOv5n only: a student distilled at the head's outputs (yolo_dero.ultra.distill) -> (its YAML, its teacher's)
+YOLO_SPEED_DISTILLED = {"dero-rep-c3-hkd": ("yolov5n-dero-rep-c3.yaml", "yolov5n.yaml")}
 SPEED_RATIOS = ["dero", "dero-rep", "dero-seed"]  # each against the original
 SPEED_ARCHS = sorted(CLS_ARCHS) + ["yolov5n"]
 
@@ -323,6 +325,14 @@ def _speed_step_fns(arch: str, imgsz: int, batch: int, device: str) -> Dict[str,
         for arm, yaml in YOLO_SPEED_YAMLS.items():
             m = DeroDetectionModel(str(shipped("cfg") / yaml), nc=10, verbose=False).to(device).train()
             m.args = get_cfg()  # the loss reads its gains (box, cls, dfl) from the trainer's arguments
+            fns[arm] = (m, lambda m=m: m.loss(targets)[0].sum())
+        from .ultra.distill import HeadDistillationModel
+
+        for arm, (yaml, teacher_yaml) in YOLO_SPEED_DISTILLED.items():
+            student = DeroDetectionModel(str(shipped("cfg") / yaml), nc=10, verbose=False).to(device)
+            student.args = get_cfg(overrides={"imgsz": imgsz, "dis": 1.0})
+            teacher = DeroDetectionModel(str(shipped("cfg") / teacher_yaml), nc=10, verbose=False)  # its own copy
+            m = HeadDistillationModel(teacher_model=teacher, student_model=student).train()
             fns[arm] = (m, lambda m=m: m.loss(targets)[0].sum())
         return fns
     from classification.models import get_model
@@ -393,10 +403,11 @@ def write_speed(out: Path, archs: Sequence[str], imgsz: int = 32, batch: int = 3
                      " | " + " | ".join(f"{r[k] / r['original']:.3f}" for k in SPEED_RATIOS) + " |")
     if "yolov5n" in rows:
         r = rows["yolov5n"]
-        extra = [a for a in YOLO_SPEED_YAMLS if a not in SPEED_ARMS]
+        extra = [(a, f"`cfg/{y}`") for a, y in YOLO_SPEED_YAMLS.items() if a not in SPEED_ARMS]
+        extra += [(a, f"`cfg/{y}` distilled at the head's outputs from `cfg/{t}`, its forward included")
+                  for a, (y, t) in YOLO_SPEED_DISTILLED.items()]
         lines += ["", "YOLOv5n only, same run: " + "; ".join(
-            f"{a} (`cfg/{YOLO_SPEED_YAMLS[a]}`) {r[a]:.1f} img/s, {r[a] / r['original']:.3f} of the original"
-            for a in extra) + "."]
+            f"{a} ({what}) {r[a]:.1f} img/s, {r[a] / r['original']:.3f} of the original" for a, what in extra) + "."]
     md = js.with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
     return md
