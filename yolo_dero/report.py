@@ -38,8 +38,9 @@ ARCHS: Dict[str, Dict] = {
     **{key: {"title": CATALOG[arch].title, "arch": arch, "imgsz": [CATALOG[arch].imgsz]}
        for key, arch in (("resnet34", "resnet34"), ("resnet50", "resnet50"), ("mcunet", "mcunet_v4"),
                          ("densenet121", "densenet121"))},
-    "yolov5n": {"title": "YOLOv5n", "yaml": {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml",
-                                              "dero": "cfg/yolov5n-dero.yaml"}, "imgsz": [640, 320]},
+    # the detector default and its plain twin, as deployed (the analyzer folds `rep` units, as TFLite Micro sees them)
+    "yolov5n": {"title": "YOLOv5n", "yaml": {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain-rep-c3.yaml",
+                                              "dero": "cfg/yolov5n-dero-rep-c3.yaml"}, "imgsz": [640, 320]},
 }
 
 

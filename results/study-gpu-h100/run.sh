@@ -13,7 +13,8 @@ P=${P:-16}
 LIMIT=${LIMIT:-480}
 DET_SEEDS=${DET_SEEDS:-"0 1 2 3 4 5"}
 CLS_SEEDS=${CLS_SEEDS-"0 1 2"}  # CLS_SEEDS="" runs no classification
-DET_ARMS=${DET_ARMS:-"original dero-rep-c3par plain-rep-c3 dero-rep"}
+# "original+dero-rep-c3par-hkd": a distilled arm after the original it distils from, in one job
+DET_ARMS=${DET_ARMS:-"original+dero-rep-c3par-hkd dero-rep-c3par plain-rep-c3"}
 DET_BUDGET=${DET_BUDGET:-"--epochs 40 --imgsz 160 --n-train 512 --n-val 192 --workers 2"}
 CLS_BUDGET=${CLS_BUDGET:-"--arch mcunet_v4 --epochs 30 --lr 0.05 --wd 1e-4 --label-smoothing 0 --crop-scale-min 1.0 -j 1"}
 PY=${PY:-python3}
@@ -21,9 +22,9 @@ export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$LOGS"
 
 jobs=()
-det_jobs() {  # by default: the detector's default (rep with C3's branch) and its plain twin, the pure-chain rep form, the original
+det_jobs() {  # by default: the original then the default detector distilled from it; the default and its plain twin alone
     for s in "$@"; do
-        for a in $DET_ARMS; do jobs+=("det $DET_BUDGET --seeds $s --arms $a"); done
+        for a in $DET_ARMS; do jobs+=("det $DET_BUDGET --seeds $s --arms ${a//+/ }"); done  # a+b: one job, in order
     done
 }
 read -r -a det_seeds <<< "$DET_SEEDS"
