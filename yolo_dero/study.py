@@ -645,7 +645,7 @@ def to_markdown(runs, out: str = "results/study") -> str:
              "the last epoch. `dero` is the DERO unit in its default style, `dero-seed` the seed's exact unit "
              "(a BatchNorm on every shortcut); `-rep` the re-parameterizable form (activation after the add, folds "
              "into one conv per unit), `repvgg` RepVGG's branches on the same topology; `-gain0` starts the shortcut "
-             "BatchNorms at 0, `-zero` the branch BatchNorms; `-kd` distils from the same seed's trained original. A run whose loss became NaN/inf stops there ('diverged') and "
+             "BatchNorms at 0, `-zero` the branch BatchNorms; `-kd` distils from the same seed's trained original (`-hkd`: a detector, at the head's outputs). A run whose loss became NaN/inf stops there ('diverged') and "
              "scores chance (10%) from then on.", ""]
     for budget, archs in runs.items():
         for arch, arms in archs.items():
