@@ -38,7 +38,8 @@ from .fileutil import outputs_problem
 from .paths import REPO_ROOT
 
 # the detector default (train_det.py's) and its plain twin, which is what the default folds into at deployment
-YAMLS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain-rep-c3.yaml", "dero": "cfg/yolov5n-dero-rep-c3.yaml"}
+YAMLS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain-rep-c3.yaml",
+         "dero": "cfg/yolov5n-dero-rep-c3.yaml"}
 RATIO_KEYS = [
     ("map50_95", "mAP50-95 (Ultralytics)", "higher is better"),
     ("map50", "mAP50 (Ultralytics)", "higher is better"),

@@ -90,7 +90,6 @@ DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "
 # distillation experiments run only when named)
 DET_DEFAULT_ARMS = [arm for arm, spec in DET_ARMS.items()
                     if isinstance(spec, str) and not arm.endswith(("-kd", "-hkd"))]
-DET_DIS = {"-kd": 6.0, "-hkd": 1.0}  # the distillation weight `dis` unless --dis says (Ultralytics' default; ours)
 
 
 DET_LR0, DET_WARMUP_EPOCHS = 0.002, 1.0  # the detection budget's AdamW lr0 and warm-up (a run's folder names others)
@@ -243,6 +242,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     """Train one detection arm for one seed through Ultralytics and score its best.pt both ways."""
     from .datasets.photo_digits_det import generate_photo_digits_det
     from .ultra import DeroHeadDistillationTrainer, DeroYOLO
+    from .ultra.distill import DEFAULT_WEIGHT as DEFAULT_DISTILL_WEIGHT
     from .ultra.evaluate import evaluate_detector
 
     data = generate_photo_digits_det(n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz)
@@ -253,7 +253,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     epoch_t0: Dict[str, float] = {}
     teacher = det_teacher(arm, seed, args)
     trainer = DeroHeadDistillationTrainer if arm.endswith("-hkd") else None  # a resume finds it in last.pt too
-    dis = args.dis if args.dis is not None else DET_DIS["-hkd" if arm.endswith("-hkd") else "-kd"]
+    dis = args.dis if args.dis is not None else DEFAULT_DISTILL_WEIGHT["head" if trainer else "feature"]
     model = DeroYOLO(str(last) if _unfinished(last) else det_model_cfg(arm, project))
     model.add_callback("on_train_epoch_start", lambda tr: epoch_t0.update(t=time.perf_counter()))
     model.add_callback("on_train_epoch_end", lambda tr: epochs.append(

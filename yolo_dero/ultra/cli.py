@@ -15,9 +15,14 @@ import torch
 from ..datasets import DatasetError, resolve_data
 from ..fileutil import outputs_problem
 from ..paths import REPO_ROOT
+from .distill import DEFAULT_WEIGHT as DEFAULT_DISTILL_WEIGHT
 from .evaluate import evaluate_detector, report_label_issues
 from .model import DEFAULT_DETECTOR, CheckpointError, DeroHeadDistillationTrainer, DeroYOLO, check_checkpoint
 from .parser import ModelConfigError
+
+# the accuracy study: distillation at the head's outputs lifts DERO, Ultralytics' feature matching cost it
+# (docs/accuracy_study.md, findings 9 and 11)
+DEFAULT_DISTILL = "head"
 
 # The default quick CPU schedule: DERO YOLOv5n on the built-in shapes data, reaching mAP50 >= 0.5 on its val
 # split in a few minutes on 2 CPU cores (see the README section for measured figures).
@@ -176,7 +181,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, metavar="WEIGHTS_PT",
                    help="distil from this trained detector (e.g. the original YOLOv5n's best.pt), with the same "
                         "classes; see --distill")
-    p.add_argument("--distill", choices=DISTILL_KINDS, default=DEFAULT_DISTILL,
+    p.add_argument("--distill", choices=sorted(DEFAULT_DISTILL_WEIGHT), default=DEFAULT_DISTILL,
                    help="head: match the teacher's class scores and box distributions (yolo_dero.ultra.distill); "
                         "feature: Ultralytics' feature matching at the head's inputs (default: %(default)s)")
     p.add_argument("--distill-weight", type=float, default=None,
@@ -187,10 +192,6 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=_bool, default=False)
     p.add_argument("extra", nargs="*", help="extra Ultralytics options, key=value")
     return p
-
-
-DISTILL_KINDS = ("head", "feature")
-DEFAULT_DISTILL = "head"  # the accuracy study: head distillation lifts DERO; feature matching cost it (finding 11)
 
 
 def _resume_hint(model: Any) -> str:
@@ -292,7 +293,8 @@ def train_main(argv: list[str] | None = None) -> int:
             if args.teacher:
                 head = args.distill == "head"
                 trainer = DeroHeadDistillationTrainer if head else None
-                train_kw["dis"] = args.distill_weight if args.distill_weight is not None else (1.0 if head else 6.0)
+                train_kw["dis"] = (args.distill_weight if args.distill_weight is not None
+                                   else DEFAULT_DISTILL_WEIGHT[args.distill])
             metrics = model.train(trainer=trainer, **train_kw)
     except USER_ERRORS as e:
         return _fail(str(e))

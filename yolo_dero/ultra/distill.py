@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from ultralytics.nn.distill_model import DistillationModel
 
+#: the distillation weight ``dis`` when none is given: ours (1 weighs the teacher like the labels); Ultralytics' default
+DEFAULT_WEIGHT = {"head": 1.0, "feature": 6.0}
 BOX_TEMPERATURE = 2.0  # softens the 16-bin side distributions so the teacher's spread, not only its peak, is taught
 
 
