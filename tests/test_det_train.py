@@ -288,6 +288,19 @@ def test_distillation_resumes_and_saves_only_the_student(env, dero_run, tmp_path
     assert sum(t.numel() for t in student.parameters()) == sum(t.numel() for t in fresh.parameters())
 
 
+def test_a_teacher_with_other_classes_is_refused_before_training(env, tmp_path):
+    """A teacher must predict the student's classes: one trained on other data is named in one line, exit 2."""
+    from yolo_dero.ultra import DeroDetectionModel
+
+    ck = tmp_path / "other17.pt"
+    torch.save({"model": DeroDetectionModel("cfg/yolov5n.yaml", nc=17, verbose=False).half(),
+                "train_args": {"imgsz": 160, "task": "detect"}, "epoch": -1, "optimizer": None}, ck)
+    p = run(env, REPO_ROOT / "train_det.py", "--data", env["tiny"], "--epochs", 1, "--project", tmp_path / "runs",
+            "--teacher", ck, check=False)
+    assert p.returncode == 2 and f"--teacher '{ck}' predicts 17 classes, the data has" in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()  # refused before Ultralytics made a run folder
+
+
 def test_val_det_on_a_tiny_coco_layout(env, tmp_path):
     """data/coco.yaml path logic (--data-path) and the 80->91 map, end to end through val_det.py."""
     from test_det_data import _coco_like

@@ -285,7 +285,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 check_checkpoint(args.pretrained)
                 train_kw["pretrained"] = str(Path(args.pretrained).resolve())
             if args.teacher:
-                check_checkpoint(args.teacher)
+                check_checkpoint(args.teacher, nc=rd.nc, role="--teacher")  # it must predict the student's classes
                 train_kw["distill_model"] = str(Path(args.teacher).resolve())
             if args.distill_weight is not None and not args.teacher:
                 return _fail("--distill-weight needs --teacher WEIGHTS_PT (the detector to distil from)")

@@ -368,8 +368,9 @@ def _ckpt_model(ckpt: Any) -> torch.nn.Module | None:
     return None
 
 
-def check_checkpoint(path: str | Path) -> Path:
-    """Make sure ``path`` is a readable Ultralytics *detection* checkpoint; raise a clear error otherwise.
+def check_checkpoint(path: str | Path, nc: int | None = None, role: str = "weights") -> Path:
+    """Make sure ``path`` is a readable Ultralytics *detection* checkpoint (predicting ``nc`` classes, when given;
+    ``role`` names the file in that error, e.g. "--teacher"); raise a clear error otherwise.
 
     Ultralytics itself would try to download a missing ``.pt`` by name, and reports damaged or foreign files
     with generic errors; this check names the file and what is wrong with it.
@@ -393,6 +394,9 @@ def check_checkpoint(path: str | Path) -> Path:
             or type(model.model[-1]).__name__ != "Detect":
         raise CheckpointError(f"'{p}' holds a {type(model).__name__} with head "
                               f"{type(getattr(model, 'model', [None])[-1]).__name__}, not a detection model")
+    if nc is not None and int(model.model[-1].nc) != nc:
+        raise CheckpointError(f"{role} '{p}' predicts {int(model.model[-1].nc)} classes, the data has {nc}: use a "
+                              f"detector trained on the same classes (e.g. the original YOLOv5n trained on this data)")
     return p.resolve()
 
 
