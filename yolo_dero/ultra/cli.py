@@ -291,8 +291,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 return _fail("--distill-weight needs --teacher WEIGHTS_PT (the detector to distil from)")
             trainer = None
             if args.teacher:
-                head = args.distill == "head"
-                trainer = DeroHeadDistillationTrainer if head else None
+                trainer = DeroHeadDistillationTrainer if args.distill == "head" else None
                 train_kw["dis"] = (args.distill_weight if args.distill_weight is not None
                                    else DEFAULT_DISTILL_WEIGHT[args.distill])
             metrics = model.train(trainer=trainer, **train_kw)
