@@ -292,6 +292,10 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- training speed
 
+INT8_CLS_DEFAULT_ARMS = ["original", "plain", "dero", "dero-seed", "dero-rep"]
+# the detector default, its plain twin (what the default deploys as, trained as such) and the original
+INT8_DET_DEFAULT_ARMS = ["original", "plain-rep-c3", "dero-rep-c3par"]
+
 SPEED_ARMS = {"original": ("original", None), "plain": ("plain", "default"), "dero": ("dero", "default"),
               "dero-rep": ("dero", "rep"), "dero-seed": ("dero", "seed")}
 # the detector's arms: the model YAMLs of the detection study (cfg/)
@@ -474,6 +478,34 @@ def int8_accuracy(arch: str, arm: str, seed: int, run_dir: Path, num_calib: int 
             "op_counts": r.op_counts, "lowering": r.lowering}
 
 
+def int8_det_accuracy(arm: str, seed: int, out: Path, runs: Path, budget: str, num_calib: int = 64
+                      ) -> Dict[str, Any]:
+    """mAP50-95 of a trained detection arm on the benchmark's val split in float and as its full-int8 ``.tflite``
+    (run by LiteRT's reference kernels, decoded by the model's own Detect layer; :mod:`yolo_dero.mcu.detect_eval`),
+    both letterboxed to the training size. The data set is rebuilt from the training record's budget."""
+    from .datasets.photo_digits_det import generate_photo_digits_det
+    from .mcu.detect_eval import evaluate_int8_detector
+
+    weights_dir = runs / budget / "yolov5n" / arm / f"seed{seed}" / "weights"
+    weights = next((w for w in (weights_dir / "best.pt", weights_dir / "last.pt") if w.is_file()), None)
+    record = out / budget / "yolov5n" / arm / f"seed{seed}.json"
+    if weights is None or not record.is_file():
+        raise FileNotFoundError(f"no trained detector {weights_dir / 'best.pt'} with its record {record}: train the "
+                                f"arm first (python -m yolo_dero.study det --arms {arm} --seeds {seed} with the "
+                                f"budget {budget})")
+    trained = json.loads(record.read_text())
+    b = trained["budget"]
+    data = generate_photo_digits_det(n_train=b["n_train"], n_val=b["n_val"], imgsz=b["imgsz"])
+    r = evaluate_int8_detector(str(weights), str(data), b["imgsz"], num_calib=num_calib,
+                               project=str(runs / budget / "yolov5n" / arm / "val-int8"), name=f"seed{seed}")
+    figures = {f"{form}_{key}": round(100.0 * v, 2) for form in ("float", "int8")
+               for key, v in (("map50_95", r[form]["map50_95"]), ("map50", r[form]["map50"]),
+                              ("coco_map50_95", r[form]["pycocotools"]["map50_95"]))}
+    return {"arch": "yolov5n", "arm": arm, "seed": seed, "checkpoint": str(weights), "num_calib": num_calib,
+            "imgsz": b["imgsz"], **figures, "trained_map50_95": round(100.0 * trained["map50_95"], 2),
+            "op_counts": r["op_counts"], "lowering": r["lowering"], "tflite_bytes": r["tflite_bytes"]}
+
+
 def write_int8_table(out: Path, budget: str) -> Path:
     """``<out>/<budget>/int8_accuracy.md`` from the ``int8_seed*.json`` records of that budget."""
     recs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
@@ -487,6 +519,25 @@ def write_int8_table(out: Path, budget: str) -> Path:
              "kernels (TFLite Micro's arithmetic).", "",
              "| arch | arm | seeds | float top-1 | int8 top-1 | int8 - float | float/int8 agreement % |",
              "|---|---|---|---|---|---|---|"]
+    det = recs.pop("yolov5n", None)
+    if det:
+        lines[2:] = [f"`python -m yolo_dero.study int8 --arch yolov5n --budget {budget} ...`: the trained detectors "
+                     f"of the study's budget `{budget}` (best.pt), exported full-int8 by `yolo_dero.mcu` (calibrated "
+                     "on 64 training images; re-parameterizable units folded into plain convolutions), run on the val "
+                     "images by LiteRT's reference kernels (TFLite Micro's arithmetic), their raw head maps decoded by "
+                     "the model's own Detect layer and scored by Ultralytics' validator and pycocotools. Float and "
+                     "int8 both letterbox every image to the training size (the export's fixed input); the study's "
+                     "training table scores the checkpoint with Ultralytics' rectangular val batches instead (160 px "
+                     "images padded to 192), hence its slightly different float column.", "",
+                     "| arm | seeds | mAP50-95 in training table | float mAP50-95 | int8 mAP50-95 | int8 - float | "
+                     "int8 mAP50 | int8 mAP50-95 (pycocotools) |", "|---|---|---|---|---|---|---|---|"]
+        for arm in [a for a in DET_ARMS if a in det] + [a for a in det if a not in DET_ARMS]:
+            rs = det[arm]
+            cells = [[r["trained_map50_95"] for r in rs], [r["float_map50_95"] for r in rs],
+                     [r["int8_map50_95"] for r in rs], [r["int8_map50_95"] - r["float_map50_95"] for r in rs],
+                     [r["int8_map50"] for r in rs], [r["int8_coco_map50_95"] for r in rs]]
+            lines.append(f"| {arm} | {', '.join(str(r['seed']) for r in rs)} | "
+                         + " | ".join(mean_std(c) for c in cells) + " |")
     for arch, arms in recs.items():
         for arm in [a for a in ARM_ORDER if a in arms] + [a for a in arms if a not in ARM_ORDER]:
             rs = arms[arm]
@@ -721,9 +772,10 @@ def parser() -> argparse.ArgumentParser:
         if name == "int8":
             q.add_argument("--budget", required=True, help="a budget folder under --out, e.g. "
                            "cls-e6-b32-lr0.02-w1-wd5e-05-ls0.1-crop0.35-flip0")
-            q.add_argument("--arch", nargs="+", default=["resnet34"], choices=sorted(CLS_ARCHS))
-            q.add_argument("--arms", nargs="+", default=["original", "plain", "dero", "dero-seed", "dero-rep"],
-                           choices=list(CLS_ARMS))
+            q.add_argument("--arch", nargs="+", default=["resnet34"], choices=sorted(CLS_ARCHS) + ["yolov5n"])
+            q.add_argument("--arms", nargs="+", default=None, choices=list(CLS_ARMS) + list(DET_ARMS),
+                           help="default: original plain dero dero-seed dero-rep (classification), "
+                                f"{' '.join(INT8_DET_DEFAULT_ARMS)} (yolov5n)")
             q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
             q.add_argument("--num-calib", type=int, default=64)
             continue
@@ -795,21 +847,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(write_table(out).read_text())
         return 0
     if args.kind == "int8":
+        if not (out / args.budget).is_dir():
+            known = sorted(d.name for d in out.iterdir() if d.is_dir()) if out.is_dir() else []
+            print(f"error: --budget {args.budget}: no such budget under {out} (the folder the training runs of that "
+                  f"budget wrote); budgets there: {', '.join(known) or 'none'}", file=sys.stderr)
+            return 2
         untrained = []  # runs without a checkpoint: the others are still measured, these are listed at the end
         for arch in args.arch:
+            arms = args.arms or (INT8_DET_DEFAULT_ARMS if arch == "yolov5n" else INT8_CLS_DEFAULT_ARMS)
+            wrong = [a for a in arms if a not in (DET_ARMS if arch == "yolov5n" else CLS_ARMS)]
+            if wrong:
+                print(f"error: --arms {' '.join(wrong)} {'are not' if len(wrong) > 1 else 'is not a'} "
+                      f"{'detection' if arch == 'yolov5n' else 'classification'} arm{'s' if len(wrong) > 1 else ''} "
+                      f"(--arch {arch}); give the arms of one kind per command", file=sys.stderr)
+                return 2
             for seed in args.seeds:
-                for arm in args.arms:
+                for arm in arms:
                     path = out / args.budget / arch / arm / f"int8_seed{seed}.json"  # not a training run's seed*.json
                     if path.is_file():
                         continue
                     try:
-                        rec = int8_accuracy(arch, arm, seed, Path(args.runs) / args.budget / arch / arm / f"seed{seed}",
-                                            num_calib=args.num_calib)
+                        run_dir = Path(args.runs) / args.budget / arch / arm / f"seed{seed}"
+                        rec = (int8_det_accuracy(arm, seed, out, Path(args.runs), args.budget, args.num_calib)
+                               if arch == "yolov5n" else int8_accuracy(arch, arm, seed, run_dir, args.num_calib))
                     except FileNotFoundError as e:
                         untrained.append(str(e))
                         continue
                     _write_json(path, rec)
-                    print(f"wrote {path}: float {rec['float_acc1']:.2f}, int8 {rec['int8_acc1']:.2f}", flush=True)
+                    key = "map50_95" if arch == "yolov5n" else "acc1"
+                    print(f"wrote {path}: float {rec['float_' + key]:.2f}, int8 {rec['int8_' + key]:.2f}", flush=True)
                     write_int8_table(out, args.budget)
         print(write_int8_table(out, args.budget).read_text())
         for problem in untrained:

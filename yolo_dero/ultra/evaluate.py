@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import torch.nn as nn
+
 from ..datasets import DatasetError, resolve_data, scan_labels
 from ..datasets.resolve import image_files
 from ..paths import REPO_ROOT
@@ -75,12 +77,7 @@ def evaluate_detector(weights: str, data: Optional[str] = None, data_path: Optio
         raise CheckpointError(f"'{weights}' predicts {nc_model} classes but '{rd.source}' has {rd.nc}")
     if label_scan:
         report_label_issues(rd, splits=("val",))
-    holder: Dict[str, Any] = {}
-    # the images Ultralytics really validated (its dataset drops corrupt images and bad labels): pycocotools
-    # scores exactly those, so the two mAPs describe the same set
-    model.add_callback("on_val_end", lambda v: holder.update(
-        save_dir=Path(v.save_dir), imgsz=v.args.imgsz,
-        im_files=list(getattr(getattr(getattr(v, "dataloader", None), "dataset", None), "im_files", None) or [])))
+    holder = _record_validated(model)
     kw = dict(data=str(rd.yaml_path), save_json=True, batch=batch, conf=conf, iou=iou, max_det=max_det, plots=plots,
               project=str(Path(project).resolve()), name=name or weights.parent.parent.name, verbose=False)
     if imgsz:
@@ -88,6 +85,57 @@ def evaluate_detector(weights: str, data: Optional[str] = None, data_path: Optio
     if device is not None:
         kw["device"] = device
     metrics = model.val(**kw)
+    return {**_figures(metrics, holder, rd, gt_json, coco_json),
+            "params": sum(p.numel() for p in model.model.parameters()), "weights": str(weights), "conf": conf,
+            "iou": iou}
+
+
+def evaluate_module(module: nn.Module, data: str, imgsz: int, names: Dict[int, str], batch: int = 1,
+                    conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
+                    project: str = str(REPO_ROOT / "runs" / "val"), name: str = "module") -> Dict[str, Any]:
+    """Score any detector ``module`` the way :func:`evaluate_detector` scores a checkpoint: Ultralytics'
+    ``DetectionValidator`` (its data loading, letterbox, NMS and mAP) and pycocotools on the same predictions.
+
+    ``module`` takes a batch of NCHW RGB images in [0, 1] and returns what Ultralytics' ``Detect`` layer returns in
+    inference, ``(B, 4 + nc, anchors)`` (boxes as centre-xywh in input pixels, class probabilities); it needs a
+    ``stride`` tensor. Used to score a deployed (exported) model through the same code as its float checkpoint.
+    Every image is letterboxed to ``imgsz`` x ``imgsz``, the fixed input of an exported model; Ultralytics' own
+    validation of a checkpoint instead pads rectangular batches up to the next stride multiple past half a stride
+    (160 px square images run at 192), so its figure can differ slightly from this one.
+    """
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    rd = resolve_data(data, splits=("val",), need_coco_json=True)
+    if len(names) != rd.nc:
+        raise CheckpointError(f"the module predicts {len(names)} classes but '{rd.source}' has {rd.nc}")
+    module.names = dict(names)
+    holder: Dict[str, Any] = {}
+    validator = DetectionValidator(args=dict(
+        task="detect", mode="val", data=str(rd.yaml_path), imgsz=imgsz, batch=batch, conf=conf, iou=iou,
+        max_det=max_det, save_json=True, plots=False, rect=False, device="cpu", verbose=False,
+        project=str(Path(project).resolve()), name=name, exist_ok=True))
+    validator.add_callback("on_val_end", lambda v: holder.update(_validated(v)))
+    validator(model=module)
+    return {**_figures(validator.metrics, holder, rd, rd.coco_json, None), "conf": conf, "iou": iou}
+
+
+def _validated(v) -> Dict[str, Any]:
+    """What a finished validator says about its run: where it wrote, at which size, which images it scored."""
+    return dict(save_dir=Path(v.save_dir), imgsz=v.args.imgsz,
+                im_files=list(getattr(getattr(getattr(v, "dataloader", None), "dataset", None), "im_files", None)
+                              or []))
+
+
+def _record_validated(model) -> Dict[str, Any]:
+    holder: Dict[str, Any] = {}
+    # the images Ultralytics really validated (its dataset drops corrupt images and bad labels): pycocotools
+    # scores exactly those, so the two mAPs describe the same set
+    model.add_callback("on_val_end", lambda v: holder.update(_validated(v)))
+    return holder
+
+
+def _figures(metrics, holder: Dict[str, Any], rd, gt_json: Path, coco_json: Optional[str]) -> Dict[str, Any]:
+    """Ultralytics' figures and pycocotools' on the predictions.json the validator wrote."""
     save_dir = holder["save_dir"]
     pred_json = save_dir / "predictions.json"
     ul = {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50),
@@ -103,8 +151,7 @@ def evaluate_detector(weights: str, data: Optional[str] = None, data_path: Optio
                                            "unmatched_predictions", "images_not_in_gt")},
         "difference": {"map50_95": round(ul["map50_95"] - pc["map50_95"], 4),
                        "map50": round(ul["map50"] - pc["map50"], 4)},
-        "params": sum(p.numel() for p in model.model.parameters()), "imgsz": holder.get("imgsz"),
-        "weights": str(weights), "data": str(rd.source), "data_resolved": str(rd.yaml_path), "coco_json": str(gt_json),
-        "predictions_json": str(pred_json), "save_dir": str(save_dir), "conf": conf, "iou": iou,
+        "imgsz": holder.get("imgsz"), "data": str(rd.source), "data_resolved": str(rd.yaml_path),
+        "coco_json": str(gt_json), "predictions_json": str(pred_json), "save_dir": str(save_dir),
         "speed_ms": {k: round(float(v), 2) for k, v in getattr(metrics, "speed", {}).items()},
     }
