@@ -351,6 +351,26 @@ def test_bad_weights_give_clear_errors(tmp_path, capsys):
     assert "corrupt" in capsys.readouterr().err
 
 
+def test_mcu_val_scores_the_int8_export_of_a_trained_detector(env, dero_run, tmp_path):
+    """``python -m yolo_dero.mcu val``: the checkpoint's own data by default, float and int8 mAP from the same decode,
+    the .tflite kept where asked; offline."""
+    import importlib.util
+
+    if importlib.util.find_spec("litert_torch") is None and not os.environ.get("CI"):
+        pytest.skip("deployment packages not installed: pip install -r requirements-mcu.txt")
+    out, tfl = tmp_path / "val.json", tmp_path / "d.tflite"
+    p = run(env, "-m", "yolo_dero.mcu", "val", "--weights", dero_run["res"]["best"], "--imgsz", 64, "--num-calib", 4,
+            "--tflite", tfl, "--json", out)
+    r = json.loads(out.read_text())
+    assert Path(r["data"]).name.startswith("tiny") and r["imgsz"] == 64  # the data it was trained on
+    assert tfl.is_file() and r["tflite_bytes"] == tfl.stat().st_size
+    for form in ("float", "int8"):
+        assert 0.0 <= r[form]["map50_95"] <= 1.0 and r[form]["pycocotools"]["n_images"] == 4
+    assert "int8 - float: mAP50-95" in p.stdout and net_attempts(env) == ""
+    missing = run(env, "-m", "yolo_dero.mcu", "val", "--weights", tmp_path / "none.pt", check=False)
+    assert missing.returncode == 2 and "none.pt" in missing.stderr and "Traceback" not in missing.stderr
+
+
 def test_pycocotools_scores_only_the_images_ultralytics_validated(dero_run, tmp_path):
     """An image Ultralytics drops (a bad label) is left out of pycocotools' set too, so both mAPs cover the same
     images."""

@@ -17,7 +17,8 @@ FUSE_CASES = UNIT_CASES + [dict(c_in=16, c_out=8, k=3, s=2)]  # strided sum-pool
 @pytest.mark.parametrize("case", FUSE_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_fused_seed_unit_equals_the_unit(case, norm):
-    for shortcut_bn, shrink in (("all", "fold"), ("changes", "fold"), ("changes", "slice"), ("changes", "signed")):
+    for shortcut_bn, shrink in (("all", "fold"), ("changes", "fold"), ("changes", "slice"), ("changes", "signed"),
+                                ("mean", "fold")):
         for act in ("relu", "silu"):
             unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn,
                                           shortcut_shrink=shrink))

@@ -40,7 +40,8 @@ UNIT_CASES = [
 @pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("case", UNIT_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_folded_unit_equals_the_unit(norm, case):
-    for shortcut_bn, shrink in (("all", "fold"), ("changes", "fold"), ("changes", "slice"), ("changes", "signed")):
+    for shortcut_bn, shrink in (("all", "fold"), ("changes", "fold"), ("changes", "slice"), ("changes", "signed"),
+                                ("mean", "fold")):
         for act in ("relu", "silu", None):
             unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn, act_after_add=True,
                                           shortcut_shrink=shrink))
@@ -92,8 +93,9 @@ def _conv_shapes(model: nn.Module):
 
 
 @pytest.mark.parametrize("dero_name,plain_name,size,style",
-                         [f + ("rep",) for f in FAMILIES] + [("mcunet_v4_dero", "mcunet_v4_plain", 48, "rep-slice")],
-                         ids=[f[0] for f in FAMILIES] + ["mcunet_v4_dero-slice"])
+                         [f + ("rep",) for f in FAMILIES] + [("mcunet_v4_dero", "mcunet_v4_plain", 48, "rep-slice"),
+                                                             ("resnet50_dero", "resnet50_plain", 32, "rep-mean")],
+                         ids=[f[0] for f in FAMILIES] + ["mcunet_v4_dero-slice", "resnet50_dero-mean"])
 def test_reparameterized_family_equals_unfused_and_is_the_plain_network(dero_name, plain_name, size, style):
     torch.manual_seed(0)
     dero = _randomize_bn(get_model(dero_name, num_classes=10, style=style))
@@ -130,6 +132,25 @@ def test_reparameterized_yolo_equals_unfused_and_fuse_folds_every_unit(dero_cfg,
     assert not any(isinstance(m, (DeroUnit, nn.BatchNorm2d)) for m in fused.modules())
     plain = DeroDetectionModel(f"cfg/{plain_cfg}", nc=3, verbose=False).fuse(verbose=False)
     assert _conv_shapes(fused) == _conv_shapes(plain)
+
+
+def test_mean_shortcuts_average_without_a_batchnorm():
+    """The "mean" shortcut averages what S sums (a 3x3/2 window of 9 pixels and a fold of 2 channel groups: 18 terms),
+    at the scale of x, with no BatchNorm: a constant input gives a constant shortcut of the same value."""
+    from yolo_dero.nn import DERO_STYLES
+    from yolo_dero.nn.dero import FixedGain, Shortcut
+
+    sc = Shortcut(16, 8, k=3, s=2, bn="mean")
+    assert isinstance(sc.bn, FixedGain) and sc.bn.gain == pytest.approx(1 / 18)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in sc.modules()) and not list(sc.parameters())
+    x = torch.full((1, 16, 9, 9), 2.0)
+    assert torch.allclose(sc(x)[..., 1:-1, 1:-1], torch.full((1, 8, 3, 3), 2.0))  # away from the zero padding
+    for c_in, s in ((16, 1), (3, 2)):  # a fold alone on the avg-pool path, a few channels on avg_pool2d
+        y = Shortcut(c_in, 8 if c_in == 16 else 16, k=1 if s == 1 else 6, s=s, p=None if s == 1 else 2, bn="mean")(
+            torch.full((1, c_in, 12, 12), 2.0))
+        assert torch.allclose(y[:, :min(c_in, 8), 2:-2, 2:-2], torch.tensor(2.0))
+    assert isinstance(Shortcut(8, 8, k=3, bn="mean").bn, nn.Identity)  # an identity stays exact
+    assert DERO_STYLES["rep-mean"].shortcut_norm == "mean"
 
 
 @pytest.mark.parametrize("case", [dict(c_in=8, c_out=8, k=3), dict(c_in=8, c_out=16, k=3, s=2),

@@ -81,6 +81,8 @@ DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "
             "dero-rep-necknosc": ("cfg/yolov5n-dero-rep.yaml", {"neck_c3_shortcut": False}),
             # shortcuts only where the original has residuals (inside C3s): no stem/strided/1x1 DeroConv shortcut
             "dero-rep-c3only": ("cfg/yolov5n-dero-rep.yaml", {"conv_shortcut": False}),
+            # the detector default with averaging shortcuts and no shortcut BatchNorm (style rep-mean): fewer passes
+            "dero-rep-c3par-mean": ("cfg/yolov5n-dero-rep-c3.yaml", {"dero_style": "rep-mean"}),
             # distillation at the head's outputs (class scores and box distributions) from the same seed's original
             "dero-rep-c3par-hkd": "cfg/yolov5n-dero-rep-c3.yaml", "plain-rep-c3-hkd": "cfg/yolov5n-plain-rep-c3.yaml"}
 # an arm is a model YAML, or (YAML, keys to override): the run trains the YAML with those keys replaced. A "-kd" arm

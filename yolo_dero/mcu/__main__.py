@@ -6,6 +6,10 @@
     python -m yolo_dero.mcu crosscheck [--only MCUNet-v4 toy_plain_chain ...]
     python -m yolo_dero.mcu plan m.tflite --out m_planned.tflite [--no-inplace] [--json plan.json]
     python -m yolo_dero.mcu plan-report [--keep DIR] [--only MCUNet-v4 ...]
+    python -m yolo_dero.mcu val --weights best.pt [--data data.yaml] [--imgsz 160] [--tflite d.tflite] [--json r.json]
+
+val scores a trained detector as deployed: its full-int8 export run on TFLite Micro's arithmetic (LiteRT's reference
+kernels), mAP50-95 / mAP50 by Ultralytics and pycocotools, next to the float model through the same decode.
 
 export writes --out with an offline memory plan (elementwise ops in place), verified bit-identical to the
 unplanned file in TFLM; --no-plan writes the plain export there instead. Exit codes: 0 done (and fits, with
@@ -27,6 +31,9 @@ from ..catalog import load_model
 from ..nn.padding import to_same_padding, uses_same_padding
 from ..paths import REPO_ROOT
 from .arena import measure_arena
+from ..datasets import DatasetError
+from ..ultra.model import CheckpointError
+from .detect_eval import evaluate_int8_detector
 from .export import cli_calibration_source, export_tflite
 from .fit import fit_check, sram_problem
 from .offline_plan import plan_file
@@ -135,6 +142,26 @@ def _plan_report(a) -> int:
     return 0 if all("error" not in r for r in res["rows"]) else 1
 
 
+def _val(a) -> int:
+    try:
+        r = evaluate_int8_detector(a.weights, a.data, a.imgsz, num_calib=a.num_calib, tflite=a.tflite)
+    except (CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nweights {r['weights']}, data {r['data']}, imgsz {r['imgsz']} (letterboxed, the export's fixed input)")
+    for form in ("float", "int8"):
+        f = r[form]
+        print(f"{form:5}  mAP50-95 {f['map50_95']:.4f}  mAP50 {f['map50']:.4f}   pycocotools mAP50-95 "
+              f"{f['pycocotools']['map50_95']:.4f}")
+    print(f"int8 - float: mAP50-95 {r['int8']['map50_95'] - r['float']['map50_95']:+.4f}; the .tflite: "
+          f"{r['tflite_bytes']:,} bytes, {', '.join(f'{k} {v}' for k, v in sorted(r['op_counts'].items()))}"
+          + (f", written to {a.tflite}" if a.tflite else ""))
+    if a.json:
+        Path(a.json).write_text(json.dumps(r, indent=2, default=str))
+        print(f"JSON written to {a.json}")
+    return 0
+
+
 def _arena(a) -> int:
     r = measure_arena(a.file, bisect=not a.no_bisect, check_outputs=not a.no_check, tolerance=a.tolerance)
     print(f"{r.path}: TFLM arena head (activations) {r.head_bytes:,} B, tail (persistent) {r.tail_bytes:,} B, "
@@ -210,7 +237,8 @@ OUTPUTS = {"export": (("out", "--out", False),), "arena": (("json", "--json", Fa
            "crosscheck": (("md", "--md", False), ("json", "--json", False), ("keep", "--keep", True)),
            "plan-report": (("md", "--md", False), ("json", "--json", False), ("keep", "--keep", True)),
            "reparam-report": (("md", "--md", False), ("json", "--json", False)),
-           "payoff": (("md", "--md", False), ("json", "--json", False))}
+           "payoff": (("md", "--md", False), ("json", "--json", False)),
+           "val": (("tflite", "--tflite", False), ("json", "--json", False))}
 
 
 def output_problem(a: argparse.Namespace) -> str | None:
@@ -297,6 +325,13 @@ def main(argv=None) -> int:
     pr.add_argument("--only", nargs="*", default=None, help="row labels or families (MCUNet-v4, ResNet34, YOLOv5n)")
     pr.add_argument("--num-calib", type=int, default=4)
     pr.add_argument("--num-inputs", type=int, default=2)
+    v = sub.add_parser("val", help="a trained detector's mAP as deployed: its full-int8 .tflite vs the float model")
+    v.add_argument("--weights", required=True, help="a .pt written by train_det.py (best.pt / last.pt)")
+    v.add_argument("--data", default=None, help="data YAML (default: the data it was trained on)")
+    v.add_argument("--imgsz", type=int, default=None, help="the export's input size (default: the training size)")
+    v.add_argument("--num-calib", type=int, default=64, help="training images to calibrate the int8 export on")
+    v.add_argument("--tflite", default=None, help="keep the exported .tflite here")
+    v.add_argument("--json", default=None, help="write the figures as JSON")
     a = p.parse_args(argv)
     problem = count_problem(a) or plan_options_problem(a)
     if problem is None:
@@ -308,7 +343,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return {"export": _export, "arena": _arena, "crosscheck": _crosscheck, "plan": _plan,
-                "plan-report": _plan_report, "reparam-report": _reparam_report, "payoff": _payoff}[a.cmd](a)
+                "plan-report": _plan_report, "reparam-report": _reparam_report, "payoff": _payoff,
+                "val": _val}[a.cmd](a)
     except Exception as ex:  # noqa: BLE001  (one clear line for CLI users)
         if isinstance(ex, (FloatTensorError, MissingDependencyError, FileNotFoundError, ValueError)):
             print(f"error: {ex}", file=sys.stderr)

@@ -17,7 +17,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..datasets import DatasetError
+from ..datasets.resolve import image_files, resolve_data
 from ..paths import REPO_ROOT
+from ..ultra.evaluate import evaluate_module
+from ..ultra.model import DeroYOLO, check_checkpoint
 from .export import RawDetectHead, export_tflite, is_detection_model
 from .tflite import require
 
@@ -102,8 +106,6 @@ def train_images(data: str, imgsz: int, num: int) -> List[torch.Tensor]:
     import cv2
     from ultralytics.data.augment import LetterBox
 
-    from ..datasets.resolve import image_files, resolve_data
-
     rd = resolve_data(data, splits=("train",))
     files = image_files(rd.root, rd.data["train"])[:num]
     if not files:
@@ -118,20 +120,25 @@ def train_images(data: str, imgsz: int, num: int) -> List[torch.Tensor]:
     return out
 
 
-def evaluate_int8_detector(weights: str, data: str, imgsz: int, num_calib: int = 64,
+def evaluate_int8_detector(weights: str, data: Optional[str] = None, imgsz: Optional[int] = None,
+                           num_calib: int = 64,
                            tflite: Optional[str] = None, project: str = str(REPO_ROOT / "runs" / "val-int8"),
                            name: str = "int8", forms: Sequence[str] = ("float", "int8")) -> Dict[str, Any]:
     """mAP (Ultralytics and pycocotools) of a trained detector checkpoint on ``data``'s val split as deployed:
     ``"int8"`` exports it full-int8 (folded where re-parameterizable, calibrated on ``num_calib`` training images)
     to ``tflite`` (a temporary file if None) and scores the file; ``"float"`` scores the float model through the
-    same decode. Returns ``{form: figures}`` plus the export's operator counts."""
+    same decode. ``data`` and ``imgsz`` default to the checkpoint's training data and size. Returns
+    ``{form: figures}`` plus the export's operator counts."""
     import tempfile
 
-    from ..ultra.evaluate import evaluate_module
-    from ..ultra.model import DeroYOLO, check_checkpoint
-
-    model = DeroYOLO(str(check_checkpoint(weights))).model.float().eval()
-    out: Dict[str, Any] = {"weights": str(weights), "imgsz": imgsz}
+    yolo = DeroYOLO(str(check_checkpoint(weights)))
+    model = yolo.model.float().eval()
+    trained = (yolo.ckpt or {}).get("train_args", {})
+    data = data or trained.get("data")
+    if not data:
+        raise DatasetError(f"no data YAML given and '{weights}' names none: pass --data")
+    imgsz = int(imgsz or trained.get("imgsz") or 640)
+    out: Dict[str, Any] = {"weights": str(weights), "data": str(data), "imgsz": imgsz}
     if "float" in forms:
         out["float"] = evaluate_module(DeployedDetector(model, torch_raw(model)), data, imgsz, model.names,
                                        project=project, name=f"{name}-float")

@@ -42,7 +42,7 @@ from ..datasets.resolve import resolve_data
 from ..memory import input_channels
 from ..catalog import load_model
 from ..nn.dero import DeroUnit, Shortcut
-from ..nn.reparam import fold_input_norm, reparameterize
+from ..nn.reparam import bn_affine, fold_input_norm, reparameterize
 from ..paths import REPO_ROOT
 from .rewrite import simplify_file
 from .tflite import check_full_int8, inspect_tflite, require, tflm_problems
@@ -77,12 +77,7 @@ class ConvShortcut(nn.Module):
         k, s, p = (sc.k, sc.s, sc.p) if sc.s > 1 else (1, 1, 0)
         self.ceil_mode = bool(sc.s > 1 and sc.ceil_mode)
         self.k, self.s = k, s
-        if isinstance(sc.bn, nn.BatchNorm2d):
-            bn = sc.bn
-            a = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-            b = bn.bias.detach() - bn.running_mean * a
-        else:
-            a, b = torch.ones(c_out), torch.zeros(c_out)
+        a, b = (t.float() for t in bn_affine(sc.bn, c_out))  # identity without a BatchNorm
         depthwise = c_in == c_out
         groups = c_out if depthwise else 1
         conv = nn.Conv2d(c_in, c_out, k, s, p, groups=groups, bias=True)

@@ -29,7 +29,7 @@ from torch import nn
 from .padding import SamePad
 
 ActivationSpec = Union[None, bool, str, nn.Module, Callable[[], nn.Module]]
-ShortcutNorm = Union[bool, str]  # True / "all", False / "none", "changes" or "strided"
+ShortcutNorm = Union[bool, str]  # True / "all", False / "none", "changes", "strided" or "mean"
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,9 @@ class DeroStyle:
             ``"changes"`` (only where ``S`` changes the statistics of ``x``: a strided sum-pool or a channel fold;
             identity and zero-padded shortcuts stay exact identities, so gradients pass through a chain of units
             unscaled, as in a residual network), ``"strided"`` (only after a sum-pool; tried for MCUNet, the signal
-            grows without bound) or ``"none"``.
+            grows without bound), ``"none"``, or ``"mean"``: no BatchNorm anywhere, and where ``S`` sums (a sum-pool
+            window, a fold's channel groups) it averages instead, a fixed scale that keeps the shortcut at the scale
+            of ``x`` without the two statistics passes (forward and backward) of a BatchNorm in training.
         shortcut_gain: initial weight of the shortcut BatchNorms (0 starts the network as its plain twin).
         norm: where the operator's BatchNorm sits: ``"pre"`` (``act(conv(bn_in(x)))``, conv with bias: the seed's
             unit) or ``"post"`` (``act(bn(conv(x)))``, conv without bias: the conv's scale no longer matters, as in
@@ -97,8 +99,9 @@ class DeroStyle:
     stem_norm: Optional[str] = None
 
     def __post_init__(self):
-        if self.shortcut_norm not in ("all", "changes", "strided", "none"):
-            raise ValueError(f"shortcut_norm must be 'all', 'changes', 'strided' or 'none', got {self.shortcut_norm!r}")
+        if self.shortcut_norm not in ("all", "changes", "strided", "none", "mean"):
+            raise ValueError(f"shortcut_norm must be 'all', 'changes', 'strided', 'none' or 'mean', "
+                             f"got {self.shortcut_norm!r}")
         if self.norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {self.norm!r}")
         if self.stem_norm not in (None, "post", "none", "stats"):
@@ -156,6 +159,7 @@ DERO_STYLES: Dict[str, DeroStyle] = {
                                pool_shortcut=False, shortcut_shrink="slice"),
     "rep-signed": DeroStyle(shortcut_norm="changes", norm="post", head_norm=True, act_after_add=True,
                             pool_shortcut=False, shortcut_shrink="signed"),
+    "rep-mean": DeroStyle(shortcut_norm="mean", norm="post", head_norm=True, act_after_add=True, pool_shortcut=False),
     "rep-pre": DeroStyle(shortcut_norm="changes", norm="pre", head_norm=True, act_after_add=True,
                          pool_shortcut=False),
     # not DERO: RepVGG's training-time unit (kxk + 1x1 + identity BatchNorm branches) on the same topology, the
@@ -284,6 +288,23 @@ def _append_zeros(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim)
 
 
+class FixedGain(nn.Module):
+    """``bn_sc`` of a ``"mean"`` shortcut: the fixed scale ``gain`` (``1 / n`` for a sum of ``n`` terms), no
+    statistics and no parameters. Not a BatchNorm, so nothing that converts or re-initialises BatchNorms (sync-BN,
+    weight init) touches it; the folds read it through :func:`yolo_dero.nn.reparam.bn_affine`. :class:`Shortcut`
+    applies it inside its own pooling or fold, at no extra pass."""
+
+    def __init__(self, gain: float):
+        super().__init__()
+        self.gain = float(gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain
+
+    def extra_repr(self) -> str:
+        return f"gain=1/{round(1.0 / self.gain)}"
+
+
 class Shortcut(nn.Module):
     """Parameter-free ``S`` followed by an optional BatchNorm: the shortcut path of a DERO unit.
 
@@ -315,14 +336,18 @@ class Shortcut(nn.Module):
             self.k, self.p, self.ceil_mode = s, 0, True
         else:
             self.k, self.p, self.ceil_mode = k, (k // 2 if p is None else p), False
+        terms = (self.k * self.k if s > 1 else 1) * (-(-c_in // c_out) if self.shrink == "fold" and c_in > c_out else 1)
+        if bn == "mean":  # S averages its terms instead of summing them, and nothing else normalizes
+            self.bn = FixedGain(1.0 / terms) if terms > 1 else nn.Identity()
+            return
         if bn == "changes":  # only where S changes the statistics: a sum-pool or a fold (a slice keeps them)
             bn = s > 1 or (c_in > c_out and self.shrink == "fold")  # a slice or a signed shrink keeps them
         elif bn == "strided":  # only after a sum-pool (a fold of zero-padded channels stays an exact identity)
             bn = s > 1
         elif isinstance(bn, str):
             if bn not in ("all", "none"):
-                raise ValueError(f"shortcut BatchNorm must be True/False, 'all', 'changes', 'strided' or 'none', "
-                                 f"got {bn!r}")
+                raise ValueError(f"shortcut BatchNorm must be True/False, 'all', 'changes', 'strided', 'none' or "
+                                 f"'mean', got {bn!r}")
             bn = bn == "all"
         self.bn = nn.BatchNorm2d(c_out) if bn else nn.Identity()
 
@@ -367,16 +392,20 @@ class Shortcut(nn.Module):
             x = x[:, :self.c_out]
         elif self.shrink == "signed" and self.c_in > self.c_out:  # likewise: linear, so before the pool
             x = self._signed(x)
+        gain = self.bn.gain if isinstance(self.bn, FixedGain) else None  # applied by the pool where there is one
         if self.s > 1 and not self.ceil_mode and x.shape[1] >= 16:
             # the same sum as a depthwise conv with a kernel of ones: on CPU 1.5-3x faster than avg_pool2d with
             # divisor_override, forward and backward, from 16 channels on (slower on an RGB input)
-            x = F.conv2d(x, x.new_ones(x.shape[1], 1, self.k, self.k), None, self.s, self.p, groups=x.shape[1])
+            x = F.conv2d(x, x.new_full((x.shape[1], 1, self.k, self.k), gain or 1.0), None, self.s, self.p,
+                         groups=x.shape[1])
         elif self.s > 1:
             x = F.avg_pool2d(x, self.k, self.s, self.p, ceil_mode=self.ceil_mode,
-                             count_include_pad=True, divisor_override=1)
+                             count_include_pad=True, divisor_override=round(1.0 / gain) if gain else 1)
         if self.shrink == "signed" and x.shape[1] < self.c_out:
             return self.bn(self._signed(x))
-        return self.bn(fold_channels(x, self.c_out))
+        if gain is None:
+            return self.bn(fold_channels(x, self.c_out))
+        return fold_channels(x, self.c_out) if self.s > 1 else fold_channels(x, self.c_out) * gain
 
     def _exportable_s(self, x: torch.Tensor) -> torch.Tensor:
         """``S(x)`` in ops that exporters translate exactly (same math as :meth:`forward`).

@@ -61,7 +61,7 @@ class _FusedShortcut(nn.Module):
         self.slice = sc.shrink == "slice"  # S keeps the first c_out channels: the rest is an identity shortcut
         if self.slice:
             self.c_in = sc.c_out
-        self.normed = isinstance(sc.bn, nn.BatchNorm2d)
+        self.normed = not isinstance(sc.bn, nn.Identity)  # a BatchNorm or a fixed gain
         self.dense = sc.shrink == "signed"  # a signed map runs as one convolution with its +-1 kernel and bn_sc
         if self.dense:
             k = sc.k if sc.s > 1 else 1

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dero import DeroPool, DeroUnit, Shortcut
+from .dero import DeroPool, DeroUnit, FixedGain, Shortcut
 
 #: per-layer bookkeeping that frameworks attach to top-level layers and read in forward (Ultralytics: layer index
 #: ``i``, input index ``f``, ``type``, parameter count ``np``); a folded layer carries it over
@@ -62,9 +62,10 @@ class FoldedUnit(nn.Module):
 
 def bn_affine(bn: nn.Module, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` of an inference BatchNorm (running statistics; gamma 1 and beta 0 without affine
-    parameters); identity for ``nn.Identity``."""
-    if isinstance(bn, nn.Identity):
-        return torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    parameters); identity for ``nn.Identity``, its gain for a :class:`~yolo_dero.nn.dero.FixedGain`."""
+    if isinstance(bn, (nn.Identity, FixedGain)):
+        gain = bn.gain if isinstance(bn, FixedGain) else 1.0
+        return torch.full((channels,), gain, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
     if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
         raise NotFoldableError(f"{type(bn).__name__} is not an affine BatchNorm with running statistics")
     weight = bn.weight.detach().double() if bn.weight is not None else 1.0  # affine=False: gamma 1, beta 0
