@@ -118,7 +118,8 @@ def test_rep_style_keeps_pools_plain_and_acts_after_the_add():
 
 
 @pytest.mark.parametrize("dero_cfg, plain_cfg", [("yolov5n-dero-rep.yaml", "yolov5n-plain-rep.yaml"),
-                                                 ("yolov5n-dero-rep-c3.yaml", "yolov5n-plain-rep-c3.yaml")])
+                                                 ("yolov5n-dero-rep-c3.yaml", "yolov5n-plain-rep-c3.yaml"),
+                                                 ("yolov5n-dero-rep-c3-mean.yaml", "yolov5n-plain-rep-c3.yaml")])
 def test_reparameterized_yolo_equals_unfused_and_fuse_folds_every_unit(dero_cfg, plain_cfg):
     from yolo_dero.ultra import DeroDetectionModel
 

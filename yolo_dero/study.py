@@ -303,7 +303,8 @@ SPEED_ARMS = {"original": ("original", None), "plain": ("plain", "default"), "de
 # the detector's arms: the model YAMLs of the detection study (cfg/)
 YOLO_SPEED_YAMLS = {"original": "yolov5n.yaml", "plain": "yolov5n-plain.yaml", "dero": "yolov5n-dero.yaml",
                     "dero-rep": "yolov5n-dero-rep.yaml", "dero-seed": "yolov5n-dero-seed.yaml",
-                    "dero-rep-c3": "yolov5n-dero-rep-c3.yaml"}  # the last: YOLOv5n only, the detector's default
+                    "dero-rep-c3": "yolov5n-dero-rep-c3.yaml",  # YOLOv5n only: the detector's default,
+                    "dero-rep-c3-mean": "yolov5n-dero-rep-c3-mean.yaml"}  # and its averaging-shortcut form
 # YOLOv5n only: a student distilled at the head's outputs (yolo_dero.ultra.distill) -> (its YAML, its teacher's)
 YOLO_SPEED_DISTILLED = {"dero-rep-c3-hkd": ("yolov5n-dero-rep-c3.yaml", "yolov5n.yaml")}
 SPEED_RATIOS = ["dero", "dero-rep", "dero-seed"]  # each against the original
