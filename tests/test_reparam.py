@@ -41,7 +41,7 @@ UNIT_CASES = [
 @pytest.mark.parametrize("case", UNIT_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_folded_unit_equals_the_unit(norm, case):
     for shortcut_bn, shrink in (("all", "fold"), ("changes", "fold"), ("changes", "slice"), ("changes", "signed"),
-                                ("mean", "fold")):
+                                ("mean", "fold"), ("mean", "slice"), ("mean", "signed")):
         for act in ("relu", "silu", None):
             unit = _randomize_bn(DeroUnit(**case, act=act, norm=norm, shortcut_bn=shortcut_bn, act_after_add=True,
                                           shortcut_shrink=shrink))

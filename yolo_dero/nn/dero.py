@@ -402,7 +402,7 @@ class Shortcut(nn.Module):
             x = F.avg_pool2d(x, self.k, self.s, self.p, ceil_mode=self.ceil_mode,
                              count_include_pad=True, divisor_override=round(1.0 / gain) if gain else 1)
         if self.shrink == "signed" and x.shape[1] < self.c_out:
-            return self.bn(self._signed(x))
+            return self._signed(x) if gain is not None else self.bn(self._signed(x))  # a gain: the pool's (s > 1)
         if gain is None:
             return self.bn(fold_channels(x, self.c_out))
         return fold_channels(x, self.c_out) if self.s > 1 else fold_channels(x, self.c_out) * gain
