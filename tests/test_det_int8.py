@@ -90,6 +90,18 @@ def test_int8_tflite_maps_match_the_float_maps_level_by_level(tmp_path):
         LiteRTRaw(path)(torch.rand(1, 3, 96, 96))
 
 
+def test_an_unreadable_calibration_image_is_reported_and_skipped(tmp_path, capsys):
+    data = generate_shapes(tmp_path / "shapes", n_train=3, n_val=1, imgsz=64, seed=0)
+    bad = sorted((data.parent / "images" / "train").iterdir())[0]
+    bad.write_bytes(b"not an image")
+    assert len(train_images(str(data), 64, 3)) == 2
+    assert f"unreadable image {bad} skipped" in capsys.readouterr().out
+    for f in (data.parent / "images" / "train").iterdir():
+        f.write_bytes(b"not an image")
+    with pytest.raises(FileNotFoundError, match="none of the 3 training images"):
+        train_images(str(data), 64, 3)
+
+
 def test_study_int8_refuses_arms_of_the_other_kind_and_lists_untrained_runs(tmp_path, capsys):
     base = ["int8", "--budget", "det-x", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]
     assert study.main(base + ["--arch", "yolov5n"]) == 2

@@ -114,9 +114,13 @@ def train_images(data: str, imgsz: int, num: int) -> List[torch.Tensor]:
     out = []
     for f in files:
         im = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if im is None:
-            raise FileNotFoundError(f"unreadable calibration image {f}: replace it or remove it from the train split")
+        if im is None:  # reported and skipped: the others still calibrate
+            print(f"WARNING calibration: unreadable image {f} skipped (replace it or remove it from the train split)")
+            continue
         out.append(torch.from_numpy(cv2.cvtColor(box(image=im), cv2.COLOR_BGR2RGB)).float().div(255.0)[None])
+    if not out:
+        raise FileNotFoundError(f"none of the {len(files)} training images of '{rd.source}' could be read to "
+                                f"calibrate on")
     return out
 
 
