@@ -524,9 +524,11 @@ def write_int8_table(out: Path, budget: str) -> Path:
              "|---|---|---|---|---|---|---|"]
     det = recs.pop("yolov5n", None)
     if det:
+        calib = "/".join(str(n) for n in sorted({r.get("num_calib") for rs in det.values() for r in rs} - {None}))
         lines[2:] = [f"`python -m yolo_dero.study int8 --arch yolov5n --budget {budget} ...`: the trained detectors "
                      f"of the study's budget `{budget}` (best.pt), exported full-int8 by `yolo_dero.mcu` (calibrated "
-                     "on 64 training images; re-parameterizable units folded into plain convolutions), run on the val "
+                     f"on {calib or 'its'} training images; re-parameterizable units folded into plain convolutions), "
+                     "run on the val "
                      "images by LiteRT's reference kernels (TFLite Micro's arithmetic), their raw head maps decoded by "
                      "the model's own Detect layer and scored by Ultralytics' validator and pycocotools. Float and "
                      "int8 both letterbox every image to the training size (the export's fixed input); the study's "
