@@ -224,6 +224,23 @@ def test_latency_times_every_form_of_every_family(tmp_path, capsys):
     assert "unknown architecture resnet18" in capsys.readouterr().err
 
 
+def test_latency_compile_wraps_every_arm(tmp_path, monkeypatch):
+    """``--compile`` times each arm through ``torch.compile`` (stubbed here: compiling six models takes minutes)."""
+    compiled = []
+
+    def fake_compile(model):
+        compiled.append(model)
+        return lambda x: model(x)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert study.main(["latency", "--out", str(tmp_path), "--cases", "mcunet_v4@32", "--iters", "1",
+                       "--rounds", "1", "--compile"]) == 0
+    assert len(compiled) == len(study.LATENCY_ARMS)
+    assert "compiled by `torch.compile`" in (tmp_path / "latency.md").read_text()
+    assert json.loads((tmp_path / "latency.json").read_text())["settings"]["compile"] is True
+    assert study.main(["latency", "--out", str(tmp_path), "--cases", "yolov5n@64", "--compile"]) == 2
+
+
 def test_same_padding_is_recorded_and_a_mismatch_refused(tiny, tmp_path):
     from yolo_dero.nn.padding import uses_same_padding
 

@@ -603,12 +603,17 @@ def latency_models(arch: str) -> Dict[str, Any]:
     return models
 
 
-def inference_latency(arch: str, imgsz: int, iters: int = 10, rounds: int = 15) -> Dict[str, float]:
+def inference_latency(arch: str, imgsz: int, iters: int = 10, rounds: int = 15,
+                      compile: bool = False) -> Dict[str, float]:
     """Eval-mode CPU latency (ms, batch 1) of each :data:`LATENCY_ARMS` arm of ``arch``, the arms timed interleaved
-    round after round in this process; the median over rounds of the mean over ``iters`` calls."""
+    round after round in this process; the median over rounds of the mean over ``iters`` calls. ``compile``: every
+    arm runs through ``torch.compile`` (compiled during the warm-up), so the ratios no longer count Python and
+    per-operator dispatch overhead, only the work each form does."""
     import torch
 
     models = latency_models(arch)
+    if compile:
+        models = {arm: torch.compile(m) for arm, m in models.items()}
     x = torch.randn(1, 3, imgsz, imgsz)
     times: Dict[str, List[float]] = {arm: [] for arm in models}
     with torch.inference_mode():
@@ -624,7 +629,8 @@ def inference_latency(arch: str, imgsz: int, iters: int = 10, rounds: int = 15) 
     return {arm: round(statistics.median(t), 3) for arm, t in times.items()}
 
 
-def write_latency(out: Path, cases: Sequence[Tuple[str, int]], flush_denormal: bool = False, **kw) -> Path:
+def write_latency(out: Path, cases: Sequence[Tuple[str, int]], flush_denormal: bool = False, compile: bool = False,
+                  **kw) -> Path:
     """Measure :func:`inference_latency` for ``cases`` ((arch, imgsz) pairs); write ``<out>/latency.{json,md}``.
     ``flush_denormal``: the CPU flushes denormal floats to zero meanwhile (``torch.set_flush_denormal``): SiLU of a
     large negative activation is denormal, and denormal arithmetic is many times slower on x86."""
@@ -635,11 +641,11 @@ def write_latency(out: Path, cases: Sequence[Tuple[str, int]], flush_denormal: b
     if flush_denormal and not torch.set_flush_denormal(True):
         raise RuntimeError("this CPU cannot flush denormals to zero (no SSE3); run without --flush-denormal")
     try:
-        rows = {f"{a} @{s}": inference_latency(a, s, **kw) for a, s in cases}
+        rows = {f"{a} @{s}": inference_latency(a, s, compile=compile, **kw) for a, s in cases}
     finally:
         if flush_denormal:
             torch.set_flush_denormal(False)
-    kw = dict(kw, flush_denormal=flush_denormal)
+    kw = dict(kw, flush_denormal=flush_denormal, compile=compile)
     js = Path(out) / "latency.json"
     _write_json(js, {"rows": rows, "settings": kw, "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "cpu": platform.processor() or platform.machine()})
@@ -649,6 +655,7 @@ def write_latency(out: Path, cases: Sequence[Tuple[str, int]], flush_denormal: b
              f"{torch.get_num_threads()} threads; the arms interleaved, median over {kw.get('rounds', 15)} rounds of "
              f"the mean of {kw.get('iters', 10)} calls"
              + ("; denormal floats flushed to zero, `--flush-denormal`" if flush_denormal else "")
+             + ("; every arm compiled by `torch.compile`, `--compile`" if compile else "")
              + "). Goals: folded / plain = 1.00 ± 0.03, seed fused / plain <= 1.10. `plain` and `dero rep, folded` "
              "are re-parameterized (`yolo_dero.nn.reparameterize`), the `fused` arms run `yolo_dero.nn.fuse_units`; "
              "`original` is the residual network as built (the classifiers' BatchNorms unfolded; YOLOv5n through "
@@ -792,6 +799,9 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--rounds", type=int, default=15)
             q.add_argument("--flush-denormal", action="store_true",
                            help="flush denormal floats to zero while timing (both arms alike)")
+            q.add_argument("--compile", action="store_true",
+                           help="run every arm through torch.compile (classifiers only; needs a C++ compiler; "
+                                "minutes per case)")
             continue
         if name == "speed":
             q.add_argument("--arch", nargs="+", default=["resnet34", "mcunet_v4", "yolov5n"], choices=SPEED_ARCHS)
@@ -898,8 +908,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: --cases: unknown architecture {', '.join(unknown)} or a size below 1; architectures: "
                   f"{', '.join(sorted(CLS_ARCHS) + ['yolov5n'])}", file=sys.stderr)
             return 2
+        if args.compile and any(a == "yolov5n" for a, _ in cases):
+            print("error: --compile times the classifiers only: Ultralytics' layer loop breaks YOLOv5n's graph at "
+                  "every layer, so torch.compile would recompile one small graph per layer; drop the yolov5n cases",
+                  file=sys.stderr)
+            return 2
         print(write_latency(out, cases, iters=args.iters, rounds=args.rounds,
-                            flush_denormal=args.flush_denormal).read_text())
+                            flush_denormal=args.flush_denormal, compile=args.compile).read_text())
         return 0
     if args.kind == "speed":
         print(write_speed(out, args.arch, imgsz=args.imgsz, batch=args.batch, det_imgsz=args.det_imgsz,
