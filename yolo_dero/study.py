@@ -785,7 +785,7 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--budget", required=True, help="a budget folder under --out, e.g. "
                            "cls-e6-b32-lr0.02-w1-wd5e-05-ls0.1-crop0.35-flip0")
             q.add_argument("--arch", nargs="+", default=["resnet34"], choices=sorted(CLS_ARCHS) + ["yolov5n"])
-            q.add_argument("--arms", nargs="+", default=None, choices=list(CLS_ARMS) + list(DET_ARMS),
+            q.add_argument("--arms", nargs="+", default=None, choices=list(dict.fromkeys([*CLS_ARMS, *DET_ARMS])),
                            help="default: original plain dero dero-seed dero-rep (classification), "
                                 f"{' '.join(INT8_DET_DEFAULT_ARMS)} (yolov5n)")
             q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
