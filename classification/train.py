@@ -32,7 +32,7 @@ from torch import nn
 from classification import data as cdata
 from classification import utils
 from yolo_dero.fileutil import remove_stale_temps, unwritable_reason
-from yolo_dero.nn import DeroUnit, NotFoldableError, reparameterize
+from yolo_dero.nn import DeroUnit, NotFoldableError, reparameterize, set_activation_linearity
 from yolo_dero.nn.padding import to_same_padding
 
 BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
@@ -165,6 +165,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--branch-gain", default=None, type=float,
                    help="DERO models with --dero-style rep/post: initial weight of the operator BatchNorm of units "
                         "with a shortcut (0 starts every unit as its shortcut alone)")
+    p.add_argument("--act-anneal-epochs", default=0.0, type=float,
+                   help="DERO models: blend every unit's activation with the identity, (1 - t) * act(z) + t * z, t "
+                        "falling linearly from 1 to 0 over the first N epochs (per iteration), so training starts "
+                        "from a linear network and ends with the model as built; N must leave at least one epoch "
+                        "at t = 0. Steadies the re-parameterizable styles ('rep', 'rep-slice'), whose activation "
+                        "after the add masks the shortcut path (docs/accuracy_study.md). 0: off")
     p.add_argument("--teacher", default=None, type=str,
                    help="knowledge distillation: a zoo model name to distil from (with --teacher-weights)")
     p.add_argument("--teacher-weights", default=None, type=str, help="the teacher's checkpoint.pth or state_dict")
@@ -435,6 +441,19 @@ def build_teacher(args, device: torch.device) -> Optional[Distiller]:
                      args.distill_temperature)
 
 
+def check_act_anneal(model: nn.Module, args) -> None:
+    """``--act-anneal-epochs`` needs DERO units with an activation, and at least one epoch left at ``t = 0``."""
+    n = getattr(args, "act_anneal_epochs", 0.0)
+    if not n:
+        return
+    if n < 0 or n > args.epochs - 1:
+        raise UserError(f"--act-anneal-epochs {n:g}: must be in (0, {args.epochs - 1}] (--epochs minus one), so the "
+                        "last epoch trains and evaluates the model as built (the form that folds and deploys)")
+    if set_activation_linearity(model, 0.0) == 0:
+        raise UserError(f"--act-anneal-epochs: --model {args.model} has no DERO unit with an activation to anneal "
+                        "(use a DERO model, e.g. --model mcunet_v4_dero --dero-style rep-slice)")
+
+
 def autocast_ctx(args, device: torch.device):
     if not args.amp:
         return contextlib.nullcontext()
@@ -484,8 +503,11 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, mo
     header = f"Epoch: [{epoch}]"
     ws = utils.world_size()
     skipped = 0
+    anneal = getattr(args, "act_anneal_epochs", 0.0)
     for i, (image, target, bad) in enumerate(logger.log_every(loader, args.print_freq, header)):
         t0 = time.time()
+        if anneal:  # recomputed from the step, so a resumed run continues the same schedule
+            set_activation_linearity(model, max(0.0, 1.0 - (epoch + i / len(loader)) / anneal))
         skipped += report_bad_images(bad)
         if image is None:  # every image of the batch was unreadable
             if utils.dist_on():  # the other processes wait for this one's gradients
@@ -634,6 +656,7 @@ def run(args, on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> H
 
     model = build_model(args, args.num_classes)
     history.num_classes = args.num_classes
+    check_act_anneal(model, args)
     if args.weights:
         load_weights_into(model, read_file(args.weights, "--weights"), args.weights, "--weights", args)
         print(f"Loaded weights from {args.weights}")

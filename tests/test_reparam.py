@@ -190,3 +190,34 @@ def test_branch_gain_zero_starts_units_as_their_shortcut():
     x = torch.rand(1, unit.c_in, 8, 8)
     with torch.no_grad():
         assert torch.allclose(unit(x), x)
+
+
+def test_activation_anneal_blends_the_identity_and_blocks_folding_until_it_ends():
+    """``(1 - t) * act(z) + t * z``: t = 1 is the unit without its activation, t = 0 the unit as built (the only
+    value that folds or fuses); an in-place activation does not corrupt the blend."""
+    from yolo_dero.nn import fuse_units, set_activation_linearity
+
+    torch.manual_seed(0)
+    for act in ("relu6", True):  # True: an in-place ReLU
+        model = _randomize_bn(nn.Sequential(
+            DeroUnit(8, 16, k=3, s=2, act=act, norm="post", act_after_add=True, shortcut_bn="changes"),
+            DeroUnit(16, 16, k=1, act=None, norm="post", act_after_add=True)))
+        unit = model[0]
+        linear = copy.deepcopy(unit)
+        linear.act = nn.Identity()
+        x = torch.randn(2, 8, 9, 9) * 3
+        built, pre = unit(x), linear(x)
+        assert (built != pre).any()  # the activation clips something at this scale
+        assert set_activation_linearity(model, 1.0) == 1  # the linear unit has nothing to blend
+        assert torch.allclose(unit(x), pre, atol=1e-6)
+        set_activation_linearity(model, 0.25)
+        assert torch.allclose(unit(x), 0.75 * built + 0.25 * pre, atol=1e-5)
+        with pytest.raises(NotFoldableError, match="anneal"):
+            reparameterize(copy.deepcopy(model))
+        with pytest.raises(ValueError, match="anneal"):
+            fuse_units(copy.deepcopy(model))
+        set_activation_linearity(model, 0.0)
+        assert torch.equal(unit(x), built)
+        assert _rel_err(model(x), reparameterize(copy.deepcopy(model))(x)) < 1e-5
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        set_activation_linearity(model, 1.5)

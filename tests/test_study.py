@@ -339,3 +339,37 @@ def test_int8_goes_on_past_an_untrained_run_and_names_it(tmp_path, capsys):
     assert rc == 1
     assert "| resnet34 | dero-rep | 0 |" in out
     assert "original" in err and "train the arm first" in err and "--arms original --seeds 0" in err
+
+
+def test_activation_anneal_runs_its_schedule_and_ends_as_built(tiny, tmp_path, monkeypatch):
+    """--act-anneal-epochs N: t falls per iteration from 1 to 0 over N epochs, the later epochs train at t = 0, a
+    resumed run continues the schedule, and a value that leaves no epoch at t = 0 or a model without DERO units is
+    refused."""
+    seen = []
+    real = T.set_activation_linearity
+    monkeypatch.setattr(T, "set_activation_linearity", lambda m, t: seen.append(t) or real(m, t))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(rec):
+        raise Stop
+
+    anneal = ["--epochs", "3", "--dero-style", "rep-slice", "--act-anneal-epochs", "2"]
+    with pytest.raises(Stop):
+        T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "a", *anneal)), on_epoch_end=stop_after_first)
+    first = seen[1:]  # seen[0]: the check that the model has units to anneal
+    seen.clear()
+    h = T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "a", *anneal, "--resume",
+                                                   tmp_path / "a" / "checkpoint.pth")))
+    ts = first + seen[1:]
+    assert len(first) == 3 and len(ts) == 9  # 18 images, batch 8: 3 iterations an epoch
+    assert ts[0] == 1.0 and ts[3] == pytest.approx(0.5) and all(a > b for a, b in zip(ts[:6], ts[1:6]))
+    assert ts[6:] == [0.0] * 3 and math.isfinite(h.epochs[-1].train_loss)
+    seen.clear()
+    T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "b", "--epochs", "1", "--dero-style", "rep-slice")))
+    assert seen == []  # no anneal: the units are never touched
+    for bad, match in ((["--epochs", "2", "--act-anneal-epochs", "2"], r"must be in \(0, 1\]"),
+                       (["--epochs", "2", "--act-anneal-epochs", "1", "--model", "mcunet_v4"], "no DERO unit")):
+        with pytest.raises(T.UserError, match=match):
+            T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "bad", *bad)))

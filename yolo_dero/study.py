@@ -64,6 +64,10 @@ CLS_ARMS: Dict[str, tuple] = {
     "dero-rep-pre-slice": ("dero", ["--dero-style", "rep-pre-slice"]),
     "dero-nodwbias": ("dero", ["--dero-style", "project-slice-nodwbias"]),
     "repvgg": ("dero", ["--dero-style", "repvgg"]),  # not DERO: RepVGG's branches on the same topology
+    # the activation blended with the identity, annealed to the model as built over the first half of the budget
+    "dero-rep-slice-anneal": ("dero", ["--dero-style", "rep-slice", "--act-anneal-epochs", "{half_epochs}"]),
+    "dero-rep-anneal": ("dero", ["--dero-style", "rep", "--act-anneal-epochs", "{half_epochs}"]),
+    "plain-rep-anneal": ("plain", ["--dero-style", "rep", "--act-anneal-epochs", "{half_epochs}"]),
 }
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
             "dero-seed": "cfg/yolov5n-dero-seed.yaml", "dero-rep": "cfg/yolov5n-dero-rep.yaml",
@@ -177,6 +181,7 @@ def run_cls(arch: str, arm: str, seed: int, args) -> Dict[str, Any]:
     import classification.train as T
 
     variant, extra = CLS_ARMS[arm]
+    extra = [a.format(half_epochs=f"{args.epochs / 2:g}") for a in extra]  # budget-relative options
     model = CLS_ARCHS[arch][variant]
     tag = budget_tag(args)
     run_dir = Path(args.runs) / tag / arch / arm / f"seed{seed}"
@@ -696,7 +701,8 @@ def load_runs(out: Path) -> Dict[str, Dict[str, Dict[str, List[Dict[str, Any]]]]
 
 
 ARM_ORDER = ["original", "plain", "plain-post", "plain-kd", "dero", "dero-kd", "dero-headnorm", "dero-headnorm-kd",
-             "dero-identity", "dero-identity-kd", "dero-post", "plain-rep", "dero-rep", "dero-rep-kd", "dero-rep-zero", "dero-rep-pre", "repvgg",
+             "dero-identity", "dero-identity-kd", "dero-post", "plain-rep", "dero-rep", "dero-rep-kd", "dero-rep-zero",
+             "dero-rep-pre", "plain-rep-anneal", "dero-rep-anneal", "repvgg",
              "dero-gain0", "dero-seed", "dero-seed-gain0"]
 
 

@@ -509,6 +509,10 @@ class DeroUnit(nn.Module):
     """
 
     is_dero_operator = True  # memory analysis treats the unit as one operator
+    #: weight ``t`` of the identity in the unit's activation, ``(1 - t) * act(z) + t * z``: a training-time anneal
+    #: from a linear unit to the built one (:func:`set_activation_linearity`). Only ``t = 0``, the unit as built,
+    #: folds or fuses; a class attribute, so state dicts and checkpoints are unchanged.
+    act_linearity: float = 0.0
 
     def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1, p: Optional[int] = None,
                  groups: int = 1, act: ActivationSpec = "relu", shortcut: bool = True,
@@ -561,10 +565,17 @@ class DeroUnit(nn.Module):
                 z = z + self.branch_1x1(x)
             z = self.drop_path(z)
         else:
-            z = self.drop_path(self.act(self.bn(self._normalized_conv(z))))
+            z = self.drop_path(self._activate(self.bn(self._normalized_conv(z))))
         if self.shortcut is not None:
             z = z + self.shortcut(x)
-        return self.act(z) if self.act_after_add else z
+        return self._activate(z) if self.act_after_add else z
+
+    def _activate(self, z: torch.Tensor) -> torch.Tensor:
+        t = self.act_linearity
+        if t == 0:
+            return self.act(z)
+        a = self.act(z.clone() if getattr(self.act, "inplace", False) else z)
+        return torch.lerp(a, z, t)
 
     def _normalized_conv(self, z: torch.Tensor) -> torch.Tensor:
         """``conv(bn_in(z))``; in training, on an input without gradient (the image), with ``bn_in`` folded into
@@ -574,6 +585,25 @@ class DeroUnit(nn.Module):
                 and self.conv.padding_mode == "zeros" and isinstance(self.conv.padding, tuple)):
             return conv_of_normalized_input(self.conv, bn, z)
         return self.conv(bn(z))
+
+
+def set_activation_linearity(model: nn.Module, t: float) -> int:
+    """Blend every :class:`DeroUnit`'s activation with the identity, ``(1 - t) * act(z) + t * z``; returns how many
+    units have a non-linear activation to blend.
+
+    Annealing ``t`` from 1 to 0 in training (``classification/train.py --act-anneal-epochs``) starts the network
+    linear, so gradients reach every layer through the chain of shortcuts unmasked, and ends it as built: with the
+    activation after the add, a ReLU6 masks the identity path at every unit (VanillaNet's "deep training"
+    anneals a plain network's activations the same way). Only ``t = 0`` folds or fuses.
+    """
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"activation linearity must be in [0, 1], got {t}")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, DeroUnit) and not isinstance(m.act, nn.Identity):
+            m.act_linearity = float(t)
+            n += 1
+    return n
 
 
 class DeroPool(nn.Module):

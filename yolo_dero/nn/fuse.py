@@ -128,6 +128,9 @@ class FusedUnit(nn.Module):
 
     def __init__(self, unit: DeroUnit):
         super().__init__()
+        if unit.act_linearity:
+            raise ValueError(f"cannot fuse a unit whose activation is still blended with the identity "
+                             f"(act_linearity {unit.act_linearity:g}): finish the activation anneal first")
         conv = unit.conv
         w, b = fold_input_norm(conv, unit.bn_in)
         a_out, t_out = bn_affine(unit.bn, conv.out_channels)

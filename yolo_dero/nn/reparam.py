@@ -92,6 +92,9 @@ def _is_linear(act: nn.Module) -> bool:
 
 def fold_reason(unit: DeroUnit) -> Optional[str]:
     """Why ``unit`` cannot be folded exactly into one convolution, or None if it can."""
+    if unit.act_linearity:
+        return (f"its activation is still blended with the identity (act_linearity {unit.act_linearity:g}): "
+                "finish the activation anneal (train past --act-anneal-epochs) or set it to 0")
     if unit.shortcut is not None and not unit.act_after_add and not _is_linear(unit.act):
         return "its activation sits on the branch, before the add (build it with act_after_add, e.g. style 'rep')"
     conv = unit.conv
