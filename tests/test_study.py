@@ -373,3 +373,25 @@ def test_activation_anneal_runs_its_schedule_and_ends_as_built(tiny, tmp_path, m
                        (["--epochs", "2", "--act-anneal-epochs", "1", "--model", "mcunet_v4"], "no DERO unit")):
         with pytest.raises(T.UserError, match=match):
             T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "bad", *bad)))
+
+
+def test_anneal_arms_anneal_over_half_of_the_budget(tmp_path, monkeypatch):
+    """The "-anneal" arms pass --act-anneal-epochs as half of the study's --epochs, whatever the budget."""
+    seen = []
+
+    class Captured(Exception):
+        pass
+
+    def fake_run(args, on_epoch_end=None):
+        seen.append(args)
+        raise Captured
+
+    monkeypatch.setattr(T, "run", fake_run)
+    for epochs, half in (("30", 15.0), ("7", 3.5)):
+        args = study.parser().parse_args(["cls", "--arch", "mcunet_v4", "--arms", "dero-rep-slice-anneal", "--epochs",
+                                          epochs, "--runs", str(tmp_path), "--out", str(tmp_path)])
+        with pytest.raises(Captured):
+            study.run_cls("mcunet_v4", "dero-rep-slice-anneal", 0, args)
+        assert seen[-1].act_anneal_epochs == half and seen[-1].dero_style == "rep-slice"
+    assert not [a for a, (_, extra) in study.CLS_ARMS.items()
+                if a.endswith("-anneal") and "--act-anneal-epochs" not in extra]
