@@ -32,7 +32,8 @@ from torch import nn
 from classification import data as cdata
 from classification import utils
 from yolo_dero.fileutil import remove_stale_temps, unwritable_reason
-from yolo_dero.nn import DeroUnit, NotFoldableError, reparameterize, set_activation_linearity
+from yolo_dero.nn import (DeroUnit, NotFoldableError, activation_linearity_at, reparameterize,
+                          set_activation_linearity)
 from yolo_dero.nn.padding import to_same_padding
 
 BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
@@ -507,7 +508,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, mo
     for i, (image, target, bad) in enumerate(logger.log_every(loader, args.print_freq, header)):
         t0 = time.time()
         if anneal:  # recomputed from the step, so a resumed run continues the same schedule
-            set_activation_linearity(model, max(0.0, 1.0 - (epoch + i / len(loader)) / anneal))
+            set_activation_linearity(model, activation_linearity_at(epoch + i / len(loader), anneal))
         skipped += report_bad_images(bad)
         if image is None:  # every image of the batch was unreadable
             if utils.dist_on():  # the other processes wait for this one's gradients

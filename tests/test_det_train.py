@@ -6,6 +6,7 @@ Every CLI run is a fresh subprocess with a project cache of its own (DERO_CACHE_
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -382,3 +383,79 @@ def test_pycocotools_scores_only_the_images_ultralytics_validated(dero_run, tmp_
     r = evaluate_detector(dero_run["res"]["best"], data=str(y), imgsz=96, batch=4, project=str(tmp_path / "val"),
                           label_scan=False)
     assert r["pycocotools"]["n_images"] == 3
+
+
+ANNEAL_PROBE = textwrap.dedent('''
+    import sys
+    import torch
+    from yolo_dero.nn import DeroUnit
+    from yolo_dero.ultra import model as M
+    from yolo_dero.ultra.anneal import student_model
+
+    _init = M.DeroDetectionTrainer.__init__
+
+    def unit_t(model):
+        return next(m for m in student_model(model).modules()
+                    if isinstance(m, DeroUnit) and not isinstance(m.act, torch.nn.Identity)).act_linearity
+
+    def __init__(self, *a, **k):
+        _init(self, *a, **k)
+
+        def stop(trainer):
+            if trainer.epoch == 0 and "--resume" not in sys.argv:
+                raise KeyboardInterrupt  # as if Ctrl-C arrived right after epoch 1 was saved
+
+        self.add_callback("on_train_batch_start", lambda tr: print(
+            f"batch {tr.epoch} {len(tr.train_loader)} t={unit_t(tr.model):.6f} ema={unit_t(tr.ema.ema):.6f}"))
+        self.add_callback("on_model_save", stop)
+        self.add_callback("on_train_end", lambda tr: print(f"end t={unit_t(tr.model):.6f}"))
+
+    M.DeroDetectionTrainer.__init__ = __init__
+    from yolo_dero.ultra.cli import train_main
+
+    sys.exit(train_main(sys.argv[1:]))
+''')
+
+
+def test_activation_anneal_runs_per_batch_resumes_and_ends_as_built(env, tmp_path):
+    """--act-anneal-epochs: every batch of the first N epochs trains with t = 1 - (epoch + batch / batches) / N on the
+    trained model (the EMA copy, which validates and is saved, stays at 0); the length travels in the checkpoint's
+    model YAML, so a resumed run continues the schedule; the model ends as built and folds. Bad lengths and models
+    without DERO units are refused before training."""
+    rep = "cfg/yolov5n-dero-rep-c3.yaml"
+    common = ["--data", env["tiny"], "--imgsz", 160, "--batch", 4, "--plots", "false", "--project", tmp_path / "runs"]
+    too_long = run(env, REPO_ROOT / "train_det.py", "--model", rep, "--epochs", 3, "--act-anneal-epochs", 3, *common,
+                   check=False)
+    assert too_long.returncode == 2 and "must be in (0, 2]" in too_long.stderr, too_long.stderr[-2000:]
+    original = run(env, REPO_ROOT / "train_det.py", "--model", "cfg/yolov5n.yaml", "--epochs", 2,
+                   "--act-anneal-epochs", 1, *common, check=False)
+    assert original.returncode == 2 and "no DERO unit with an activation" in original.stderr, original.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()  # refused before Ultralytics made a run folder
+
+    script = tmp_path / "anneal_probe.py"
+    script.write_text(ANNEAL_PROBE)
+    p = run(env, script, "--model", rep, "--epochs", 3, "--act-anneal-epochs", 2, "--name", "a", *common, check=False)
+    assert p.returncode == 130, p.stdout[-3000:] + p.stderr[-3000:]
+    last = tmp_path / "runs" / "a" / "weights" / "last.pt"
+    import yolo_dero.ultra  # noqa: F401  (its offline set-up comes before the unpickling imports Ultralytics)
+
+    assert torch.load(last, map_location="cpu", weights_only=False)["ema"].yaml["act_anneal_epochs"] == 2
+    out = tmp_path / "resumed.json"
+    q = run(env, script, "--resume", last, "--json-out", out)
+    seen = [m.split() for m in re.findall(r"batch \d+ \d+ t=\S+ ema=\S+", p.stdout + q.stdout)]
+    epochs = [int(s[1]) for s in seen]
+    assert sorted(set(epochs)) == [0, 1, 2], epochs
+    nb = int(seen[0][2])
+    assert len(seen) == 3 * nb
+    for k, (_, epoch, _, t, ema) in enumerate(seen):
+        expected = max(0.0, 1.0 - (int(epoch) + (k % nb) / nb) / 2)
+        assert float(t.split("=")[1]) == pytest.approx(expected, abs=1e-6), (k, seen)
+        assert float(ema.split("=")[1]) == 0.0
+    assert float(seen[0][3].split("=")[1]) == 1.0 and float(seen[-1][3].split("=")[1]) == 0.0
+    assert "end t=0.000000" in q.stdout
+    from yolo_dero.nn import DeroUnit
+    from yolo_dero.ultra import DeroYOLO
+
+    best = DeroYOLO(json.loads(out.read_text())["best"])
+    best.model.fuse(verbose=False)  # folds: refused for any unit left at t != 0
+    assert not any(isinstance(m, DeroUnit) for m in best.model.modules())

@@ -270,12 +270,19 @@ def test_a_detection_arm_can_override_keys_of_its_yaml(tmp_path):
 
     from yolo_dero.study import DET_ARMS, det_model_cfg, det_model_label
 
-    assert det_model_cfg("dero", tmp_path) == DET_ARMS["dero"]
-    path = det_model_cfg("dero-poststem", tmp_path)
+    assert det_model_cfg("dero", tmp_path, 40) == DET_ARMS["dero"]
+    path = det_model_cfg("dero-poststem", tmp_path, 40)
     cfg = yaml.safe_load(open(path))
     assert cfg["dero_style"] == "identity-poststem" and list(cfg)[:2] == ["nc", "scales"]  # order kept
     assert path.endswith("yolov5n-dero-poststem.yaml")  # the scale letter survives in the name
     assert det_model_label("dero-poststem") == "cfg/yolov5n-dero.yaml with dero_style: identity-poststem"
+    # the anneal arms anneal over half of the budget's epochs, and the copy builds with it
+    annealed = det_model_cfg("dero-rep-c3par-anneal", tmp_path, 40)
+    assert yaml.safe_load(open(annealed))["act_anneal_epochs"] == 20
+    from yolo_dero.ultra import DeroDetectionModel
+    from yolo_dero.ultra.anneal import check_activation_anneal
+
+    assert check_activation_anneal(DeroDetectionModel(annealed, nc=3, verbose=False), 40) == 20
 
 
 def test_a_detection_arm_can_edit_the_layer_rows(tmp_path):
@@ -289,16 +296,16 @@ def test_a_detection_arm_can_edit_the_layer_rows(tmp_path):
         return [(sec, row) for sec in ("backbone", "head") for row in cfg[sec] if row[2].startswith("DeroC3")]
 
     base = c3(yaml.safe_load(open(REPO_ROOT / "cfg" / "yolov5n-dero-rep.yaml")))
-    wide = c3(yaml.safe_load(open(det_model_cfg("dero-rep-wide", tmp_path))))
+    wide = c3(yaml.safe_load(open(det_model_cfg("dero-rep-wide", tmp_path, 40))))
     assert [row[3] for _, row in wide] == [[row[3][0], True, 0.6] for _, row in base]
-    neck = c3(yaml.safe_load(open(det_model_cfg("dero-rep-necknosc", tmp_path))))
+    neck = c3(yaml.safe_load(open(det_model_cfg("dero-rep-necknosc", tmp_path, 40))))
     assert [row[3][1] for _, row in neck] == [sec == "backbone" for sec, _ in neck]  # only the neck's C3s lose theirs
-    only = yaml.safe_load(open(det_model_cfg("dero-rep-c3only", tmp_path)))
+    only = yaml.safe_load(open(det_model_cfg("dero-rep-c3only", tmp_path, 40)))
     convs = [row[3] for sec in ("backbone", "head") for row in only[sec] if row[2] == "DeroConv"]
     assert len(convs) == 9 and all(len(a) == 5 and a[4] is False for a in convs) and convs[0][:4] == [64, 6, 2, 2]
     # the edited rows build: a wider chain has more parameters, a unit without its shortcut loses its shortcut BatchNorm
     def n(arm):
-        model = DeroDetectionModel(det_model_cfg(arm, tmp_path), nc=3, verbose=False)
+        model = DeroDetectionModel(det_model_cfg(arm, tmp_path, 40), nc=3, verbose=False)
         return sum(p.numel() for p in model.parameters())
 
     rep = n("dero-rep")

@@ -88,7 +88,10 @@ DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "
             # the detector default with averaging shortcuts and no shortcut BatchNorm (style rep-mean): fewer passes
             "dero-rep-c3par-mean": ("cfg/yolov5n-dero-rep-c3.yaml", {"dero_style": "rep-mean"}),
             # distillation at the head's outputs (class scores and box distributions) from the same seed's original
-            "dero-rep-c3par-hkd": "cfg/yolov5n-dero-rep-c3.yaml", "plain-rep-c3-hkd": "cfg/yolov5n-plain-rep-c3.yaml"}
+            "dero-rep-c3par-hkd": "cfg/yolov5n-dero-rep-c3.yaml", "plain-rep-c3-hkd": "cfg/yolov5n-plain-rep-c3.yaml",
+            # the activation anneal (yolo_dero.ultra.anneal) over the first half of the budget
+            "dero-rep-c3par-anneal": ("cfg/yolov5n-dero-rep-c3.yaml", {"act_anneal_epochs": "{half_epochs}"}),
+            "plain-rep-c3-anneal": ("cfg/yolov5n-plain-rep-c3.yaml", {"act_anneal_epochs": "{half_epochs}"})}
 # an arm is a model YAML, or (YAML, keys to override): the run trains the YAML with those keys replaced. A "-kd" arm
 # distils from the same seed's trained original through Ultralytics' own `distill_model` (score-weighted feature
 # distillation at the head's input levels, weight `dis`); a "-hkd" arm distils at the head's outputs instead
@@ -101,8 +104,9 @@ DET_DEFAULT_ARMS = [arm for arm, spec in DET_ARMS.items()
 DET_LR0, DET_WARMUP_EPOCHS = 0.002, 1.0  # the detection budget's AdamW lr0 and warm-up (a run's folder names others)
 
 
-def det_model_cfg(arm: str, run_dir: Path) -> str:
-    """The model config an arm trains: its YAML, or a copy with the arm's keys overridden written to ``run_dir``."""
+def det_model_cfg(arm: str, run_dir: Path, epochs: int) -> str:
+    """The model config an arm trains: its YAML, or a copy with the arm's keys overridden written to ``run_dir``
+    (a value ``"{half_epochs}"`` becomes half of ``epochs``)."""
     spec = DET_ARMS[arm]
     if isinstance(spec, str):
         return spec
@@ -111,7 +115,7 @@ def det_model_cfg(arm: str, run_dir: Path) -> str:
     from .ultra.parser import resolve_model_yaml
 
     path, overrides = spec
-    overrides = dict(overrides)
+    overrides = {k: epochs / 2 if v == "{half_epochs}" else v for k, v in overrides.items()}
     rows = {k: overrides.pop(k) for k in ("c3_expansion", "neck_c3_shortcut", "conv_shortcut") if k in overrides}
     cfg = dict(yaml.safe_load(Path(resolve_model_yaml(path)).read_text()), **overrides)
     _edit_rows(cfg, **rows)
@@ -261,7 +265,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     teacher = det_teacher(arm, seed, args)
     trainer = DeroHeadDistillationTrainer if arm.endswith("-hkd") else None  # a resume finds it in last.pt too
     dis = args.dis if args.dis is not None else DEFAULT_DISTILL_WEIGHT["head" if trainer else "feature"]
-    model = DeroYOLO(str(last) if _unfinished(last) else det_model_cfg(arm, project))
+    model = DeroYOLO(str(last) if _unfinished(last) else det_model_cfg(arm, project, args.epochs))
     model.add_callback("on_train_epoch_start", lambda tr: epoch_t0.update(t=time.perf_counter()))
     model.add_callback("on_train_epoch_end", lambda tr: epochs.append(
         {"seconds": time.perf_counter() - epoch_t0["t"], "images": len(tr.train_loader.dataset)}))
@@ -714,7 +718,9 @@ def to_markdown(runs, out: str = "results/study") -> str:
              "the last epoch. `dero` is the DERO unit in its default style, `dero-seed` the seed's exact unit "
              "(a BatchNorm on every shortcut); `-rep` the re-parameterizable form (activation after the add, folds "
              "into one conv per unit), `repvgg` RepVGG's branches on the same topology; `-gain0` starts the shortcut "
-             "BatchNorms at 0, `-zero` the branch BatchNorms; `-kd` distils from the same seed's trained original (`-hkd`: a detector, at the head's outputs). A run whose loss became NaN/inf stops there ('diverged') and "
+             "BatchNorms at 0, `-zero` the branch BatchNorms; `-kd` distils from the same seed's trained original "
+             "(`-hkd`: a detector, at the head's outputs); `-anneal` blends the activations with the identity over "
+             "the first half of the epochs. A run whose loss became NaN/inf stops there ('diverged') and "
              "scores chance (10%) from then on.", ""]
     for budget, archs in runs.items():
         for arch, arms in archs.items():

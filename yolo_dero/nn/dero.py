@@ -606,6 +606,15 @@ def set_activation_linearity(model: nn.Module, t: float) -> int:
     return n
 
 
+def activation_linearity_at(progress: float, anneal_epochs: float) -> float:
+    """The anneal's ``t`` after ``progress`` epochs of training (fractional: ``epoch + batch / batches``): falls
+    linearly from 1 to 0 over the first ``anneal_epochs``, then stays 0; always 0 when ``anneal_epochs <= 0``.
+    A function of the step alone, so a resumed run continues the same schedule."""
+    if anneal_epochs <= 0:
+        return 0.0
+    return min(1.0, max(0.0, 1.0 - progress / anneal_epochs))
+
+
 class DeroPool(nn.Module):
     """A pooling operator as a DERO unit: ``y = pool(x) + bn_sc(S(x))`` (e.g. the ResNet stem max-pool).
 

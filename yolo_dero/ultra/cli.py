@@ -15,6 +15,7 @@ import torch
 from ..datasets import DatasetError, resolve_data
 from ..fileutil import outputs_problem
 from ..paths import REPO_ROOT
+from .anneal import ANNEAL_KEY, check_activation_anneal, yaml_with_anneal
 from .distill import DEFAULT_WEIGHT as DEFAULT_DISTILL_WEIGHT
 from .evaluate import evaluate_detector, report_label_issues
 from .model import DEFAULT_DETECTOR, CheckpointError, DeroHeadDistillationTrainer, DeroYOLO, check_checkpoint
@@ -187,6 +188,13 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-weight", type=float, default=None,
                    help="weight of the distillation loss, Ultralytics' dis (default: 1.0 for head, where 1 weighs "
                         "the teacher like the labels; Ultralytics' 6.0 for feature)")
+    p.add_argument("--act-anneal-epochs", type=float, default=None, metavar="N",
+                   help="train with every DERO unit's activation blended with the identity, the blend falling from 1 "
+                        "to 0 over the first N epochs (at most --epochs minus one): the re-parameterizable units "
+                        "(cfg/yolov5n-dero-rep-c3.yaml) start linear, so gradients reach every layer through the "
+                        "shortcut chain, and end as built. Half of --epochs is the studied length. Stored in the "
+                        f"model's YAML ({ANNEAL_KEY}), so a resume continues it (default: the YAML's {ANNEAL_KEY}, "
+                        "else 0 = off; a .pt fine-tunes without its earlier anneal)")
     p.add_argument("--no-label-scan", action="store_true", help="skip the label pre-scan")
     p.add_argument("--json-out", default=None, help="write the final metrics and paths as JSON")
     p.add_argument("--verbose", type=_bool, default=False)
@@ -208,7 +216,7 @@ def _latest_last(project: Path) -> Path:
     return runs[-1]
 
 
-def _resume(args, given: dict[str, Any], data_typed: bool) -> tuple[DeroYOLO, Any]:
+def _resume(args, given: dict[str, Any], data_typed: bool, anneal_typed: bool = False) -> tuple[DeroYOLO, Any]:
     last = _latest_last(Path(args.project)) if args.resume is True else Path(args.resume)
     check_checkpoint(last)
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -224,7 +232,7 @@ def _resume(args, given: dict[str, Any], data_typed: bool) -> tuple[DeroYOLO, An
     elif targs.get("data") and not Path(str(targs["data"])).is_file():
         raise DatasetError(f"the run's data YAML '{targs['data']}' is gone (cache cleared?); pass --data again "
                            f"(e.g. --data data/shapes.yaml) to regenerate/resolve it")
-    ignored = sorted(k for k in given if k not in RESUME_ALLOWED)
+    ignored = sorted([k for k in given if k not in RESUME_ALLOWED] + (["act_anneal_epochs"] if anneal_typed else []))
     if ignored:
         print(f"WARNING --resume keeps the checkpoint's {ignored}; start a new run to change them")
     model = DeroYOLO(str(last))
@@ -261,7 +269,8 @@ def train_main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:
             model, metrics = _resume(args, {k: v for k, v in given.items() if k in typed or k in extra},
-                                     data_typed="data" in typed or "data_path" in typed)
+                                     data_typed="data" in typed or "data_path" in typed,
+                                     anneal_typed=args.act_anneal_epochs is not None)
         else:
             # now, before the data is generated, not at the first save after an epoch; Ultralytics creates the
             # folder itself, so an error found later (in the data, say) leaves none behind
@@ -274,10 +283,19 @@ def train_main(argv: list[str] | None = None) -> int:
             batch = given.get("batch", QUICK["batch"])
             given.setdefault("nbs", batch if batch > 0 else 64)  # one optimizer step per batch (-1 = autobatch)
             model_arg = args.model
-            if str(model_arg).lower().endswith(".pt"):
+            fine_tune = str(model_arg).lower().endswith(".pt")
+            if fine_tune:
                 check_checkpoint(model_arg)
+            if args.act_anneal_epochs is not None and not fine_tune:
+                model_arg = str(yaml_with_anneal(model_arg, args.act_anneal_epochs))
+            elif args.act_anneal_epochs and "," in str(given.get("device", "")):
+                return _fail("--act-anneal-epochs with a .pt on several GPUs: Ultralytics' DDP workers rebuild the "
+                             "model from the checkpoint, without the setting; fine-tune on one device")
             model = DeroYOLO(model_arg)
-            name = args.name or f"{Path(str(model_arg)).stem}-{rd.source.stem}"
+            if fine_tune:  # the checkpoint's own anneal is history: a fine-tune anneals only when asked to
+                model.model.yaml[ANNEAL_KEY] = args.act_anneal_epochs or 0
+            check_activation_anneal(model.model, given.get("epochs", QUICK["epochs"]))  # before any epoch runs
+            name = args.name or f"{Path(str(args.model)).stem}-{rd.source.stem}"
             train_kw = dict(data=str(rd.yaml_path), project=str(Path(args.project).resolve()), name=name,
                             exist_ok=args.exist_ok, deterministic=args.deterministic,
                             verbose=args.verbose, **given)

@@ -34,7 +34,8 @@ from ..fileutil import atomic_write_bytes, remove_stale_temps, temp_sibling
 from ..nn.dero import exportable_shortcuts
 from ..nn.fuse import fuse_units
 from ..nn.padding import to_same_padding
-from ..nn import apply_stem_norm, get_style
+from ..nn import activation_linearity_at, apply_stem_norm, get_style, set_activation_linearity
+from .anneal import check_activation_anneal, student_model
 from .distill import HeadDistillationModel
 from .env import offline_check_amp
 from .convert import convert_to_dero, stock_layout
@@ -280,9 +281,14 @@ class DeroDetectionTrainer(DetectionTrainer):
 
     Offline: ``check_amp`` does not download ``yolo26n.pt`` (:func:`~.env.offline_check_amp`, replaced only while
     this trainer sets up) and Ultralytics Platform callbacks never run (:meth:`run_callbacks`).
+
+    A model YAML with ``act_anneal_epochs: N`` (:mod:`.anneal`) trains with its DERO units' activations blended with
+    the identity, ``t`` falling per batch from 1 to 0 over the first N epochs.
     """
 
     _time_offset = 0.0  # seconds of training before a resume (results.csv's time column continues from it)
+    _anneal_epochs = 0.0  # the activation anneal's length (0: none), read from the model's YAML at set-up
+    _anneal_batch = 0  # batches trained in the current epoch
     distill_head = False  # with ``distill_model``: Ultralytics' feature distillation (True: HeadDistillationModel)
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None,
@@ -312,18 +318,34 @@ class DeroDetectionTrainer(DetectionTrainer):
 
     def _setup_train(self):
         """Ultralytics' setup, after deleting the temporary files of checkpoint saves a kill interrupted, with a
-        ``check_amp`` that does not download (:func:`~.env.offline_check_amp`)."""
+        ``check_amp`` that does not download (:func:`~.env.offline_check_amp`); then the model's activation anneal
+        checked against the run's epochs (:func:`~.anneal.check_activation_anneal`)."""
         if RANK in {-1, 0}:
             remove_stale_temps(self.wdir)
         with offline_check_amp():
-            return super()._setup_train()
+            super()._setup_train()
+        self._anneal_epochs = check_activation_anneal(self.model, self.epochs)
 
     def run_callbacks(self, event: str):
         """Ultralytics' callbacks except its Platform ones: training never uploads, whatever
-        ``ULTRALYTICS_API_KEY`` or the ``api_key`` setting holds."""
+        ``ULTRALYTICS_API_KEY`` or the ``api_key`` setting holds. Steps the activation anneal first."""
+        if self._anneal_epochs:
+            self._step_activation_anneal(event)
         for callback in self.callbacks.get(event, []):
             if getattr(callback, "__module__", None) != PLATFORM_CALLBACKS:
                 callback(self)
+
+    def _step_activation_anneal(self, event: str) -> None:
+        """Set the trained model's activation linearity for the batch about to run, from the step alone (a resumed
+        run continues the schedule); back to the model as built when training ends."""
+        if event == "on_train_epoch_start":
+            self._anneal_batch = 0
+        elif event == "on_train_batch_start":
+            progress = self.epoch + self._anneal_batch / max(1, len(self.train_loader))
+            set_activation_linearity(student_model(self.model), activation_linearity_at(progress, self._anneal_epochs))
+            self._anneal_batch += 1
+        elif event == "on_train_end":
+            set_activation_linearity(student_model(self.model), 0.0)
 
     def save_model(self):
         """Ultralytics' save, with last.pt, best.pt and epochN.pt each written atomically."""
