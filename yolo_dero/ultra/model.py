@@ -318,26 +318,28 @@ class DeroDetectionTrainer(DetectionTrainer):
 
     def _setup_train(self):
         """Ultralytics' setup, after deleting the temporary files of checkpoint saves a kill interrupted, with a
-        ``check_amp`` that does not download (:func:`~.env.offline_check_amp`); then the model's activation anneal
-        checked against the run's epochs (:func:`~.anneal.check_activation_anneal`)."""
+        ``check_amp`` that does not download (:func:`~.env.offline_check_amp`)."""
         if RANK in {-1, 0}:
             remove_stale_temps(self.wdir)
         with offline_check_amp():
-            super()._setup_train()
-        self._anneal_epochs = check_activation_anneal(self.model, self.epochs)
+            return super()._setup_train()
 
     def run_callbacks(self, event: str):
         """Ultralytics' callbacks except its Platform ones: training never uploads, whatever
         ``ULTRALYTICS_API_KEY`` or the ``api_key`` setting holds. Steps the activation anneal first."""
-        if self._anneal_epochs:
-            self._step_activation_anneal(event)
+        self._step_activation_anneal(event)
         for callback in self.callbacks.get(event, []):
             if getattr(callback, "__module__", None) != PLATFORM_CALLBACKS:
                 callback(self)
 
     def _step_activation_anneal(self, event: str) -> None:
         """Set the trained model's activation linearity for the batch about to run, from the step alone (a resumed
-        run continues the schedule); back to the model as built when training ends."""
+        run continues the schedule); back to the model as built when training ends. The length is read and checked
+        against the run's epochs when training starts (:func:`~.anneal.check_activation_anneal`)."""
+        if event == "on_train_start":
+            self._anneal_epochs = check_activation_anneal(self.model, self.epochs)
+        if not self._anneal_epochs:
+            return
         if event == "on_train_epoch_start":
             self._anneal_batch = 0
         elif event == "on_train_batch_start":
