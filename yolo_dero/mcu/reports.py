@@ -444,7 +444,8 @@ REPARAM_CASES: List[Tuple[str, int, Dict[str, str]]] = [
         *[(CATALOG[arch].title, sizes, _reparam_specs(arch)) for arch, sizes in (("mcunet_v4", (96, 176)),
                                                                                   ("resnet34", (64,)))],
         ("YOLOv5n", (128,), {"original": "cfg/yolov5n.yaml", "plain (rep)": "cfg/yolov5n-plain-rep.yaml",
-                             "DERO rep, folded": "cfg/yolov5n-dero-rep.yaml", "DERO pre-norm": "cfg/yolov5n-dero.yaml"}),
+                             "DERO rep, folded": "cfg/yolov5n-dero-rep.yaml",
+                             "DERO pre-norm": "cfg/yolov5n-dero.yaml"}),
         # C3 with its parallel branch (the seed's C3 structure): its own plain twin is the reference
         ("YOLOv5n-C3", (128,), {"plain (rep)": "cfg/yolov5n-plain-rep-c3.yaml",
                                 "DERO rep, folded": "cfg/yolov5n-dero-rep-c3.yaml"}),
