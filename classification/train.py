@@ -166,12 +166,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--branch-gain", default=None, type=float,
                    help="DERO models with --dero-style rep/post: initial weight of the operator BatchNorm of units "
                         "with a shortcut (0 starts every unit as its shortcut alone)")
-    p.add_argument("--act-anneal-epochs", default=0.0, type=float,
+    p.add_argument("--act-anneal-epochs", default=None, type=float,
                    help="DERO models: blend every unit's activation with the identity, (1 - t) * act(z) + t * z, t "
                         "falling linearly from 1 to 0 over the first N epochs (per iteration), so training starts "
                         "from a linear network and ends with the model as built; N must leave at least one epoch "
-                        "at t = 0. Steadies the re-parameterizable styles ('rep', 'rep-slice'), whose activation "
-                        "after the add masks the shortcut path (docs/accuracy_study.md). 0: off")
+                        "at t = 0. Steadies the re-parameterizable styles ('rep-slice', the default, and 'rep'), "
+                        "whose activation after the add masks the shortcut path (docs/accuracy_study.md). Default: "
+                        "half of --epochs for DERO models in those styles trained from scratch (not with --weights), "
+                        "else off; 0: off")
     p.add_argument("--teacher", default=None, type=str,
                    help="knowledge distillation: a zoo model name to distil from (with --teacher-weights)")
     p.add_argument("--teacher-weights", default=None, type=str, help="the teacher's checkpoint.pth or state_dict")
@@ -321,10 +323,32 @@ def load_weights_into(model: nn.Module, obj, source: str, what: str, args) -> No
         print(f"{what} {source}: folded (re-parameterized) weights; evaluating the folded model")
         problem = None
     if problem:
-        style_hint = " and --dero-style" if any(isinstance(m, DeroUnit) for m in model.modules()) else ""
+        is_dero = any(isinstance(m, DeroUnit) for m in model.modules())
+        fits = fitting_style(args.model, args.num_classes, sd) if is_dero else None
+        if fits:  # e.g. trained before the default style changed (checkpoints store --dero-style only when given)
+            raise UserError(f"{what} {source} was trained with DERO style '{fits}', not the one built here: add "
+                            f"--dero-style {fits}")
+        style_hint = " and --dero-style" if is_dero else ""
         raise UserError(f"{what} {source} does not fit --model {args.model} with {args.num_classes} classes: "
                         f"{problem}. Pass the --model (and --num-classes{style_hint}) the file was trained with.")
     model.load_state_dict(sd)
+
+
+def fitting_style(name: str, num_classes: int, sd) -> Optional[str]:
+    """The first DERO style (earlier defaults first) whose ``name`` model has exactly the keys and shapes of the state
+    dict ``sd``, or None."""
+    from classification.models import get_model
+    from yolo_dero.nn import DERO_STYLES
+
+    earlier_defaults = ["project-slice-nodwbias", "project-slice", "identity-headnorm"]
+    for style in dict.fromkeys(earlier_defaults + [s for s in DERO_STYLES if s != "default"]):
+        try:
+            candidate = get_model(name, num_classes=num_classes, style=style)
+        except (TypeError, ValueError):
+            return None
+        if not utils.state_dict_mismatch(candidate, sd):
+            return style
+    return None
 
 
 def read_file(path: str, what: str):
@@ -442,9 +466,25 @@ def build_teacher(args, device: torch.device) -> Optional[Distiller]:
                      args.distill_temperature)
 
 
+def default_act_anneal(model: nn.Module, epochs: int) -> float:
+    """The anneal a model gets when ``--act-anneal-epochs`` is not given: half of the epochs for a DERO model whose
+    units put the activation after the add (the re-parameterizable styles, where the anneal is what makes them train
+    reliably: docs/accuracy_study.md, findings 16-17), else none. Never for a plain twin: without shortcuts the
+    anneal did not train ResNet34."""
+    rep = [m for m in model.modules() if isinstance(m, DeroUnit) and m.act_after_add and m.shortcut is not None
+           and not isinstance(m.act, nn.Identity)]
+    return epochs / 2 if rep and epochs >= 2 else 0.0
+
+
 def check_act_anneal(model: nn.Module, args) -> None:
-    """``--act-anneal-epochs`` needs DERO units with an activation, and at least one epoch left at ``t = 0``."""
-    n = getattr(args, "act_anneal_epochs", 0.0)
+    """``--act-anneal-epochs`` (given, or its default, :func:`default_act_anneal`, resolved into ``args`` here)
+    needs DERO units with an activation, and at least one epoch left at ``t = 0``."""
+    if getattr(args, "act_anneal_epochs", None) is None:  # a fine-tune (--weights) starts from trained units: none
+        args.act_anneal_epochs = 0.0 if getattr(args, "weights", None) else default_act_anneal(model, args.epochs)
+        if args.act_anneal_epochs:
+            print(f"Activation anneal over the first {args.act_anneal_epochs:g} epochs (the default for this model's "
+                  f"re-parameterizable DERO units; --act-anneal-epochs 0 turns it off)")
+    n = args.act_anneal_epochs
     if not n:
         return
     if n < 0 or n > args.epochs - 1:
@@ -504,7 +544,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, mo
     header = f"Epoch: [{epoch}]"
     ws = utils.world_size()
     skipped = 0
-    anneal = getattr(args, "act_anneal_epochs", 0.0)
+    anneal = getattr(args, "act_anneal_epochs", None) or 0.0
     for i, (image, target, bad) in enumerate(logger.log_every(loader, args.print_freq, header)):
         t0 = time.time()
         if anneal:  # recomputed from the step, so a resumed run continues the same schedule

@@ -7,7 +7,7 @@ from torch import nn
 from classification.models import get_model, list_models
 from classification.models._profile import count_macs, count_params
 from classification.models.mcunet import InvertedResidual
-from yolo_dero.nn import DeroUnit
+from yolo_dero.nn import DeroPool, DeroUnit
 
 ALL_MODELS = list_models(include_deprecated=False)
 TWINS = [("resnet34_dero", "resnet34_plain"), ("resnet50_dero", "resnet50_plain"),
@@ -136,12 +136,12 @@ def test_memory_stages_cover_the_forward_pass_in_order(name):
 
 
 # parameter counts at 1000 classes. The seed's unit ('seed' style: a BatchNorm on every shortcut) matches the seed's
-# table, which counts in units of 2^20 (ResNet34-DERO 21,645,806 / 2^20 = 20.64). The default style drops the
-# BatchNorm of identity, zero-padded and sliced shortcuts and adds one before the classifier's pooling (MCUNet's
-# projections slice, so they lose their fold BatchNorm too, and its depthwise convs have no bias: 746,158 - 3,416).
+# table, which counts in units of 2^20 (ResNet34-DERO 21,645,806 / 2^20 = 20.64). The default style ('rep-slice')
+# keeps a shortcut BatchNorm only after a sum-pool (every shrinking shortcut slices), puts the operator's BatchNorm
+# after a bias-free conv, gives the pools no shortcut and adds a BatchNorm before the classifier's pooling.
 @pytest.mark.parametrize("name, seed_style, default_style", [
-    ("resnet34_dero", 21_645_806, 21_633_518), ("resnet50_dero", 22_844_654, 22_812_654),
-    ("mcunet_v4_dero", 760_158, 742_742), ("densenet121_dero", 7_949_542, 7_947_598)])
+    ("resnet34_dero", 21_645_806, 21_626_792), ("resnet50_dero", 22_844_654, 22_786_472),
+    ("mcunet_v4_dero", 760_158, 738_784), ("densenet121_dero", 7_949_542, 7_934_616)])
 def test_dero_parameter_counts_per_style(name, seed_style, default_style):
     assert count_params(get_model(name, style="seed")) == seed_style
     assert int(seed_style / 2**20 * 100) / 100 == {"resnet34_dero": 20.64, "resnet50_dero": 21.78,
@@ -150,16 +150,21 @@ def test_dero_parameter_counts_per_style(name, seed_style, default_style):
 
 
 def test_default_style_identity_and_sliced_shortcuts_carry_no_batchnorm():
+    """The default ('rep-slice'): every unit re-parameterizable (activation after the add), every shrinking shortcut
+    sliced, a shortcut BatchNorm only after a sum-pool, no shortcut around a pool (it would not fold)."""
     for name in ("resnet34_dero", "resnet50_dero", "mcunet_v4_dero", "densenet121_dero"):
-        for unit_name, m in get_model(name).named_modules():
+        model = get_model(name)
+        for unit_name, m in model.named_modules():
             if isinstance(m, DeroUnit):
-                # inverted-bottleneck projections slice (MCUNet); every other shrinking unit folds
-                sliced = m.c_in > m.c_out and unit_name.endswith(".project")
-                assert m.shortcut.shrink == ("slice" if sliced else "fold"), (name, unit_name)
-                changes = m.s != 1 or (m.c_in > m.c_out and not sliced)  # a sum-pool or a fold renormalizes
-                assert isinstance(m.shortcut.bn, nn.BatchNorm2d) == changes, (name, unit_name)
-    assert all(m.shortcut.shrink == "slice" for m in get_model("resnet50_dero", style="slice").modules()
-               if isinstance(m, DeroUnit) and m.c_in > m.c_out)
+                assert m.act_after_add, (name, unit_name)
+                if m.c_in > m.c_out:
+                    assert m.shortcut.shrink == "slice", (name, unit_name)
+                assert isinstance(m.shortcut.bn, nn.BatchNorm2d) == (m.s != 1), (name, unit_name)
+            elif isinstance(m, DeroPool):
+                assert m.shortcut is None, (name, unit_name)
+    rep = get_model("resnet50_dero", style="rep")
+    folds = [m for m in rep.modules() if isinstance(m, DeroUnit) and m.c_in > m.c_out]
+    assert folds and all(m.shortcut.shrink == "fold" and isinstance(m.shortcut.bn, nn.BatchNorm2d) for m in folds)
 
 
 def test_default_style_has_a_head_batchnorm_that_the_seed_style_lacks():

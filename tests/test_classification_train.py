@@ -235,13 +235,18 @@ def test_weights_of_another_architecture(work, data, tmp_path):
 
 
 def test_weights_of_another_dero_style_name_the_option(work, data, tmp_path):
-    """A DERO checkpoint of another unit style has other shortcut BatchNorms: the error names --dero-style."""
+    """A DERO checkpoint of another unit style has other shortcut BatchNorms: the error names the style it fits."""
     torch.save(get_model("mcunet_v4_dero", num_classes=3, style="seed").state_dict(), tmp_path / "seed.pth")
     args = [a if a != MODEL else "mcunet_v4_dero" for a in _common(data)]
     p = _train(work, *args, "--test-only", "--weights", tmp_path / "seed.pth")
     assert p.returncode != 0
-    assert "does not fit --model mcunet_v4_dero" in p.stderr and "--dero-style" in p.stderr
+    assert "was trained with DERO style 'seed'" in p.stderr and "add --dero-style seed" in p.stderr
     assert "Traceback" not in p.stderr
+    # a checkpoint of the default before the thirteenth session (which stored no --dero-style) is named too
+    torch.save(get_model("mcunet_v4_dero", num_classes=3, style="project-slice-nodwbias").state_dict(),
+               tmp_path / "old.pth")
+    p = _train(work, *args, "--test-only", "--weights", tmp_path / "old.pth")
+    assert p.returncode != 0 and "add --dero-style project-slice-nodwbias" in p.stderr, p.stderr[-2000:]
 
 
 @pytest.mark.slow

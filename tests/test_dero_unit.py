@@ -224,9 +224,11 @@ def test_shrink_styles_reach_the_units():
     from yolo_dero.nn import DeroStyle, get_style
 
     default = get_style()
+    assert default.shortcut_shrink == "slice" and default.unit_kwargs()["shortcut_shrink"] == "slice"
     # 'projection': the unit keyword stays the fold; builders slice their inverted-bottleneck projections
-    assert default.shortcut_shrink == "projection" and default.projection_shrink == "slice"
-    assert "shortcut_shrink" not in default.unit_kwargs()
+    projection = get_style("project-slice")
+    assert projection.shortcut_shrink == "projection" and projection.projection_shrink == "slice"
+    assert "shortcut_shrink" not in projection.unit_kwargs()
     assert get_style("slice").unit_kwargs()["shortcut_shrink"] == "slice"
     assert get_style("identity-headnorm").projection_shrink == "fold"
     assert get_style("rep-signed").projection_shrink == "signed"
@@ -235,7 +237,7 @@ def test_shrink_styles_reach_the_units():
     assert DeroUnit(8, 8, k=3, groups=8, **lean).conv.bias is None
     assert DeroUnit(8, 16, k=1, **lean).conv.bias is not None
     assert DeroUnit(8, 8, k=3, groups=8, **get_style("project-slice").unit_kwargs()).conv.bias is not None
-    assert get_style() == get_style("project-slice-nodwbias")  # the default since the sixth session
+    assert get_style() == get_style("rep-slice")  # the default since the thirteenth session
     assert "shortcut_shrink" not in get_style("rep-signed").unit_kwargs()
     with pytest.raises(ValueError, match="shortcut_shrink"):
         DeroStyle(shortcut_shrink="sum")

@@ -376,6 +376,15 @@ def test_activation_anneal_runs_its_schedule_and_ends_as_built(tiny, tmp_path, m
     seen.clear()
     T.run(T.get_args_parser().parse_args(_args(tiny, tmp_path / "b", "--epochs", "1", "--dero-style", "rep-slice")))
     assert seen == []  # no anneal: the units are never touched
+    # the default: half of the epochs for a DERO model in a re-parameterizable style (the default style), else none
+    args = T.get_args_parser().parse_args(_args(tiny, tmp_path / "c", "--epochs", "2"))
+    T.run(args)
+    assert args.act_anneal_epochs == 1.0 and seen[1] == 1.0 and seen[-1] == 0.0
+    from classification.models import get_model
+
+    assert T.default_act_anneal(get_model("mcunet_v4_dero", num_classes=10, style="rep"), 30) == 15.0
+    for name, style in (("mcunet_v4_dero", "project-slice-nodwbias"), ("mcunet_v4_plain", None), ("mcunet_v4", None)):
+        assert T.default_act_anneal(get_model(name, num_classes=10, **({"style": style} if style else {})), 30) == 0
     for bad, match in ((["--epochs", "2", "--act-anneal-epochs", "2"], r"must be in \(0, 1\]"),
                        (["--epochs", "2", "--act-anneal-epochs", "1", "--model", "mcunet_v4"], "no DERO unit")):
         with pytest.raises(T.UserError, match=match):
@@ -402,3 +411,8 @@ def test_anneal_arms_anneal_over_half_of_the_budget(tmp_path, monkeypatch):
         assert seen[-1].act_anneal_epochs == half and seen[-1].dero_style == "rep-slice"
     assert not [a for a, (_, extra) in study.CLS_ARMS.items()
                 if a.endswith("-anneal") and "--act-anneal-epochs" not in extra]
+    # an arm named after a style anneals only when it says so; "dero" trains the default recipe, train.py's own
+    for arm, anneal in (("dero-rep-slice", 0.0), ("dero-rep", 0.0), ("dero", None), ("plain-rep", 0.0)):
+        with pytest.raises(Captured):
+            study.run_cls("mcunet_v4", arm, 0, args)
+        assert seen[-1].act_anneal_epochs == anneal, arm

@@ -35,7 +35,8 @@ DEFAULT_RUNS = REPO_ROOT / "runs" / "study"
 # classification architectures: arch -> variant -> registry model (the zoo's one catalogue)
 CLS_ARCHS = {arch: variant_names(arch) for arch in CATALOG}
 # arm -> (variant, extra train.py options); "kd" arms distil from the same seed's trained original. Arms named after
-# a style ("dero-headnorm", "dero-identity") keep their meaning when the default style changes; "dero" is the default.
+# a style ("dero-headnorm", "dero-identity") keep their meaning when the default style changes, and anneal only when
+# they say so; "dero" is the default recipe (style and anneal).
 CLS_ARMS: Dict[str, tuple] = {
     "original": ("original", []),
     "plain": ("plain", ["--dero-style", "identity"]),
@@ -68,6 +69,9 @@ CLS_ARMS: Dict[str, tuple] = {
     "dero-rep-slice-anneal": ("dero", ["--dero-style", "rep-slice", "--act-anneal-epochs", "{half_epochs}"]),
     "dero-rep-anneal": ("dero", ["--dero-style", "rep", "--act-anneal-epochs", "{half_epochs}"]),
     "plain-rep-anneal": ("plain", ["--dero-style", "rep", "--act-anneal-epochs", "{half_epochs}"]),
+    # the style that was the default from the sixth to the twelfth session (pre-norm, its projections slice)
+    "dero-nodwbias-anneal": ("dero", ["--dero-style", "project-slice-nodwbias", "--act-anneal-epochs",
+                                      "{half_epochs}"]),
 }
 DET_ARMS = {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain.yaml", "dero": "cfg/yolov5n-dero.yaml",
             "dero-seed": "cfg/yolov5n-dero-seed.yaml", "dero-rep": "cfg/yolov5n-dero-rep.yaml",
@@ -180,12 +184,20 @@ def _write_json(path: Path, data: Dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _follows_the_default(extra: List[str]) -> bool:
+    """Whether an arm's options train the default recipe (``--dero-style default``: the default style with train.py's
+    default anneal), rather than a named style, which keeps its meaning when the defaults change."""
+    return "--dero-style" in extra and extra[extra.index("--dero-style") + 1] == "default"
+
+
 def run_cls(arch: str, arm: str, seed: int, args) -> Dict[str, Any]:
     """Train one classification arm for one seed with train.py's library entry point; return its record."""
     import classification.train as T
 
     variant, extra = CLS_ARMS[arm]
     extra = [a.format(half_epochs=f"{args.epochs / 2:g}") for a in extra]  # budget-relative options
+    if not _follows_the_default(extra) and "--act-anneal-epochs" not in extra:
+        extra += ["--act-anneal-epochs", "0"]  # a named style anneals only when its arm says so
     model = CLS_ARCHS[arch][variant]
     tag = budget_tag(args)
     run_dir = Path(args.runs) / tag / arch / arm / f"seed{seed}"

@@ -84,10 +84,21 @@ def toy_models() -> "OrderedDict[str, Callable[[], nn.Module]]":
     ])
 
 
+#: the DERO form whose shortcut stays an add on the runtime (activation before the add, pre-norm): the classifiers'
+#: default from the sixth to the twelfth session, which the cross-check and payoff reports measure. Today's default
+#: (``rep-slice``) folds into its plain twin at export (``reparam-report``).
+PRE_NORM = "project-slice-nodwbias"
+
+
+def _pre_norm(name: str, variant: str) -> str:
+    """A zoo model spec with the pre-norm DERO style pinned for its DERO and plain variants."""
+    return name if variant == "original" else f"{name}:{PRE_NORM}"
+
+
 #: (row label, model spec for the loader or a toy name, imgsz, family, variant)
 DEFAULT_CASES: List[Tuple[str, str, int, str, str]] = [
     *[(n, n, 32, "toy", n.split("_", 1)[1]) for n in toy_models()],
-    *[(name, name, size, CATALOG[arch].title, variant)  # the zoo's three variants, labelled by registry name
+    *[(name, _pre_norm(name, variant), size, CATALOG[arch].title, variant)  # labelled by registry name
       for arch, size in (("mcunet_v4", 96), ("resnet34", 64)) for variant, name in variant_names(arch).items()],
     ("yolov5n", "cfg/yolov5n.yaml", 128, "YOLOv5n", "original"),
     ("yolov5n-plain", "cfg/yolov5n-plain.yaml", 128, "YOLOv5n", "plain"),
@@ -423,7 +434,7 @@ def _reparam_specs(arch: str) -> Dict[str, str]:
     """The reparam-report rows of a zoo architecture: ``{row variant: model spec}`` (a style after the colon)."""
     n = variant_names(arch)
     return {"original": n["original"], "plain (rep)": f"{n['plain']}:rep", "DERO rep, folded": f"{n['dero']}:rep",
-            "DERO default": n["dero"]}
+            "DERO default (rep-slice), folded": n["dero"], "DERO pre-norm": f"{n['dero']}:{PRE_NORM}"}
 
 
 #: (family, input size, {variant: model spec}); the plain twin is the reference every variant is compared with
@@ -433,7 +444,8 @@ REPARAM_CASES: List[Tuple[str, int, Dict[str, str]]] = [
         *[(CATALOG[arch].title, sizes, _reparam_specs(arch)) for arch, sizes in (("mcunet_v4", (96, 176)),
                                                                                   ("resnet34", (64,)))],
         ("YOLOv5n", (128,), {"original": "cfg/yolov5n.yaml", "plain (rep)": "cfg/yolov5n-plain-rep.yaml",
-                             "DERO rep, folded": "cfg/yolov5n-dero-rep.yaml", "DERO default": "cfg/yolov5n-dero.yaml"}),
+                             "DERO rep, folded": "cfg/yolov5n-dero-rep.yaml",
+                             "DERO pre-norm": "cfg/yolov5n-dero.yaml"}),
         # C3 with its parallel branch (the seed's C3 structure): its own plain twin is the reference
         ("YOLOv5n-C3", (128,), {"plain (rep)": "cfg/yolov5n-plain-rep-c3.yaml",
                                 "DERO rep, folded": "cfg/yolov5n-dero-rep-c3.yaml"}),
@@ -490,8 +502,11 @@ def reparam_markdown(rows: Dict[str, Dict[str, Any]]) -> str:
     lines = ["# The re-parameterizable DERO form on TensorFlow Lite Micro", "",
              "Regenerate: `python -m yolo_dero.mcu reparam-report` (full-int8 export, BatchNorm statistics randomised "
              "as in the cross-check; head bytes measured by TFLite Micro's allocator). `DERO rep, folded` is DERO in "
-             "the `rep` style, each unit folded into one convolution by the export; `DERO default` is the default "
-             "(activation-before-add) form with its shortcut as a second convolution and an add.", "",
+             "the `rep` style, each unit folded into one convolution by the export; `DERO default (rep-slice), "
+             "folded` the classifiers' default style since the thirteenth session, folded the same way; `DERO "
+             "pre-norm` the activation-before-add form (the classifiers' default style of the sixth to twelfth "
+             "sessions, `project-slice-nodwbias`; YOLOv5n's `cfg/yolov5n-dero.yaml`) with its shortcut as a second "
+             "convolution and an add.", "",
              "| model | variant | TFLM head B | / plain | analyzer fused B | operators | same graph as plain | "
              "TFLM vs LiteRT (LSB) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -520,11 +535,11 @@ def reparam_markdown(rows: Dict[str, Dict[str, Any]]) -> str:
 #: (:func:`~yolo_dero.nn.padding.to_same_padding`), the deployment configuration the README recommends
 PAYOFF_CASES: List[Tuple[str, Tuple[int, ...], Dict[str, str]]] = [
     ("ResNet34", (64, 128), {"original": "resnet34", "plain": "resnet34_plain:rep",
-                             "DERO seed form": "resnet34_dero", "DERO rep": "resnet34_dero:rep"}),
+                             "DERO seed form": "resnet34_dero:" + PRE_NORM, "DERO rep": "resnet34_dero:rep"}),
     ("MCUNet-v4", (96, 176), {"original": "mcunet_v4", "plain": "mcunet_v4_plain:rep",
-                              "DERO seed form": "mcunet_v4_dero", "DERO rep": "mcunet_v4_dero:rep"}),
+                              "DERO seed form": "mcunet_v4_dero:" + PRE_NORM, "DERO rep": "mcunet_v4_dero:rep"}),
     ("DenseNet121", (64, 128), {"original": "densenet121", "plain": "densenet121_plain:rep",
-                                "DERO seed form": "densenet121_dero", "DERO rep": "densenet121_dero:rep"}),
+                                "DERO seed form": "densenet121_dero:" + PRE_NORM, "DERO rep": "densenet121_dero:rep"}),
     ("YOLOv5n", (128, 256), {"original": "cfg/yolov5n.yaml", "plain": "cfg/yolov5n-plain-rep.yaml",
                              "DERO seed form": "cfg/yolov5n-dero.yaml", "DERO rep": "cfg/yolov5n-dero-rep.yaml"}),
 ]

@@ -139,7 +139,8 @@ class DeroStyle:
 # subtracts it); "project-slice": "identity-headnorm" whose inverted-bottleneck projections slice (the same model as
 # "identity-headnorm" where no block projects); "project-slice-nodwbias": that with bias-free depthwise convs (the
 # same model where no conv is depthwise);
-# "default": the accuracy study's winner (results/study/accuracy_study.md).
+# "default": the accuracy study's winner (docs/accuracy_study.md, finding 17): "rep-slice", which trains with the
+# activation anneal (classification/train.py anneals it by default) and deploys folded, as its plain twin.
 DERO_STYLES: Dict[str, DeroStyle] = {
     "seed": DeroStyle(shortcut_norm="all", norm="pre"),
     "identity": DeroStyle(shortcut_norm="changes", norm="pre"),
@@ -167,7 +168,7 @@ DERO_STYLES: Dict[str, DeroStyle] = {
     "repvgg": DeroStyle(shortcut_norm="all", norm="post", act_after_add=True, pool_shortcut=False, branch_1x1=True,
                         identity_shortcuts_only=True),
 }
-DERO_STYLES["default"] = DERO_STYLES["project-slice-nodwbias"]
+DERO_STYLES["default"] = DERO_STYLES["rep-slice"]
 
 
 def get_style(style: Union[str, DeroStyle, None] = None, **overrides) -> DeroStyle:
