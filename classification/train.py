@@ -32,8 +32,8 @@ from torch import nn
 from classification import data as cdata
 from classification import utils
 from yolo_dero.fileutil import remove_stale_temps, unwritable_reason
-from yolo_dero.nn import (DeroUnit, NotFoldableError, activation_linearity_at, reparameterize,
-                          set_activation_linearity)
+from yolo_dero.nn import (DeroUnit, NotFoldableError, activation_anneal_problem, activation_linearity_at,
+                          reparameterize, set_activation_linearity)
 from yolo_dero.nn.padding import to_same_padding
 
 BUILTIN_SIZES = dict(train_crop_size=64, val_resize_size=73, val_crop_size=64)
@@ -485,14 +485,10 @@ def check_act_anneal(model: nn.Module, args) -> None:
             print(f"Activation anneal over the first {args.act_anneal_epochs:g} epochs (the default for this model's "
                   f"re-parameterizable DERO units; --act-anneal-epochs 0 turns it off)")
     n = args.act_anneal_epochs
-    if not n:
-        return
-    if n < 0 or n > args.epochs - 1:
-        raise UserError(f"--act-anneal-epochs {n:g}: must be in (0, {args.epochs - 1}] (--epochs minus one), so the "
-                        "last epoch trains and evaluates the model as built (the form that folds and deploys)")
-    if set_activation_linearity(model, 0.0) == 0:
-        raise UserError(f"--act-anneal-epochs: --model {args.model} has no DERO unit with an activation to anneal "
-                        "(use a DERO model, e.g. --model mcunet_v4_dero --dero-style rep-slice)")
+    problem = activation_anneal_problem(model, n, args.epochs) if n else None
+    if problem:
+        raise UserError(f"--act-anneal-epochs {n:g} with --model {args.model} and --epochs {args.epochs}: {problem} "
+                        f"(e.g. --model mcunet_v4_dero --act-anneal-epochs {max(1, args.epochs // 2)})")
 
 
 def autocast_ctx(args, device: torch.device):

@@ -616,6 +616,18 @@ def activation_linearity_at(progress: float, anneal_epochs: float) -> float:
     return min(1.0, max(0.0, 1.0 - progress / anneal_epochs))
 
 
+def activation_anneal_problem(model: nn.Module, anneal_epochs: float, epochs: int) -> Optional[str]:
+    """Why an activation anneal over the first ``anneal_epochs`` of an ``epochs``-epoch run cannot train ``model``
+    (None when it can): the last epoch must train at ``t = 0`` (the form that folds and deploys), and the model needs
+    DERO units with an activation to blend. Leaves every unit at ``t = 0``."""
+    if not 0 < anneal_epochs <= epochs - 1:
+        return (f"must be in (0, {epochs - 1}] (the run's epochs minus one), so the last epoch trains the model as "
+                f"built, the form that folds and deploys")
+    if set_activation_linearity(model, 0.0) == 0:
+        return "the model has no DERO unit with an activation to anneal"
+    return None
+
+
 class DeroPool(nn.Module):
     """A pooling operator as a DERO unit: ``y = pool(x) + bn_sc(S(x))`` (e.g. the ResNet stem max-pool).
 

@@ -5,7 +5,8 @@ to 0 over a detector's first epochs (:func:`~yolo_dero.nn.set_activation_lineari
 The length lives in the model YAML as the top-level key :data:`ANNEAL_KEY` (``train_det.py --act-anneal-epochs``
 trains a copy of the YAML with the key set, :func:`yaml_with_anneal`), so it travels inside every checkpoint: a
 resumed run continues the schedule from its step, and Ultralytics' train arguments, which refuse keys they do not
-know, stay untouched. The trainer anneals the model it trains only; its EMA copy, which validation, ``best.pt`` and export use, keeps ``t = 0``.
+know, stay untouched. The trainer anneals the model it trains only; its EMA copy, which validation, ``best.pt`` and
+export use, keeps ``t = 0``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import yaml
 
 from ..fileutil import atomic_write_bytes
-from ..nn import set_activation_linearity
+from ..nn import activation_anneal_problem
 from ..paths import cache_dir
 from .parser import ModelConfigError, load_model_yaml, resolve_model_yaml
 
@@ -48,14 +49,10 @@ def check_activation_anneal(model: torch.nn.Module, epochs: int) -> float:
     form that folds and deploys) and that the model has DERO units with an activation to anneal; 0 without one.
     Sets ``t = 0`` on the model."""
     n = anneal_epochs(model)
-    if n == 0:
-        return 0.0
-    if not 0 < n <= epochs - 1:
-        raise ModelConfigError(f"{ANNEAL_KEY} {n:g} (--act-anneal-epochs): must be in (0, {epochs - 1}] (the run's "
-                               f"epochs minus one), so the last epoch trains the model as built; e.g. {epochs // 2}")
-    if set_activation_linearity(student_model(model), 0.0) == 0:
-        raise ModelConfigError(f"{ANNEAL_KEY} {n:g} (--act-anneal-epochs): the model has no DERO unit with an "
-                               f"activation to anneal; use a DERO model, e.g. cfg/yolov5n-dero-rep-c3.yaml")
+    problem = activation_anneal_problem(student_model(model), n, epochs) if n else None
+    if problem:
+        raise ModelConfigError(f"{ANNEAL_KEY} {n:g} (--act-anneal-epochs) for {epochs} epochs: {problem} (e.g. "
+                               f"cfg/yolov5n-dero-rep-c3.yaml with --act-anneal-epochs {max(1, epochs // 2)})")
     return n
 
 
