@@ -287,7 +287,7 @@ class DeroDetectionTrainer(DetectionTrainer):
     """
 
     _time_offset = 0.0  # seconds of training before a resume (results.csv's time column continues from it)
-    _anneal_epochs = 0.0  # the activation anneal's length (0: none), read from the model's YAML at set-up
+    _anneal_epochs = 0.0  # the activation anneal's length (0: none), read from the model's YAML when training starts
     _anneal_batch = 0  # batches trained in the current epoch
     distill_head = False  # with ``distill_model``: Ultralytics' feature distillation (True: HeadDistillationModel)
 
