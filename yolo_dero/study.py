@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from classification.catalog import CATALOG, variant_names
 
 from .fileutil import outputs_problem
+from .nn import DERO_STYLES
 from .paths import REPO_ROOT, shipped
 
 DEFAULT_OUT = REPO_ROOT / "results" / "study"
@@ -217,8 +218,9 @@ def run_cls(arch: str, arm: str, seed: int, args) -> Dict[str, Any]:
     print(f"\n=== {arch} {arm} seed {seed}: python -m classification.train {' '.join(argv)}", flush=True)
     t0 = time.time()
     diverged = None
+    train_args = T.get_args_parser().parse_args(argv)
     try:
-        history = T.run(T.get_args_parser().parse_args(argv))
+        history = T.run(train_args)
     except T.NonFiniteLoss as e:  # a result of the arm, not a failure of the study: record it
         print(f"DIVERGED: {e}", flush=True)
         history, diverged = e.history or T.History(), str(e)
@@ -234,7 +236,18 @@ def run_cls(arch: str, arm: str, seed: int, args) -> Dict[str, Any]:
             "best_acc1": round(max(e["acc1"] for e in epochs), 2), "epochs": epochs,
             "first_loss": epochs[0]["first_loss"], "epoch1_loss": epochs[0]["train_loss"], "diverged": diverged,
             "train_img_s": round(statistics.median(rates), 1) if rates else None,
-            "wall_s": round(time.time() - t0, 1)}
+            "wall_s": round(time.time() - t0, 1), "recipe": _resolved_recipe(variant, train_args)}
+
+
+def _resolved_recipe(variant: str, train_args) -> Dict[str, Any]:
+    """What "default" meant when the run trained (the default style's name, the anneal train.py chose), so a record
+    keeps its meaning after the defaults change."""
+    if variant == "original":
+        return {}
+    style = getattr(train_args, "dero_style", None) or "default"
+    if style == "default":
+        style = next(name for name, s in DERO_STYLES.items() if name != "default" and s == DERO_STYLES["default"])
+    return {"dero_style": style, "act_anneal_epochs": getattr(train_args, "act_anneal_epochs", None)}
 
 
 def _unfinished(last: Path) -> bool:

@@ -4,6 +4,7 @@
 # runs are kept: each writes its JSON when done). Run from the repository root:
 #   bash results/study-gpu-h100/run.sh                      # then: python -m yolo_dero.study table --out $RES
 # The variables below shrink it for a smoke test on CPU (DEVICE=cpu DET_BUDGET=... CLS_BUDGET=...).
+# JOBS=FILE runs FILE's lines instead (one `python -m yolo_dero.study` argument list per line, in priority order).
 set -u
 RES=${RES:-results/study-gpu-h100}
 RUNS=${RUNS:-/tmp/study-runs}
@@ -35,7 +36,7 @@ for s in "${cls_seeds[@]}"; do
 done
 det_jobs "${det_seeds[@]:3}"
 
-printf '%s\n' "${jobs[@]}" > "$LOGS/jobs.txt"
+if [ -n "${JOBS:-}" ]; then grep -v '^ *#' "$JOBS" | grep . > "$LOGS/jobs.txt"; else printf '%s\n' "${jobs[@]}" > "$LOGS/jobs.txt"; fi
 export RES RUNS LOGS DEVICE PY
 # shellcheck disable=SC2016
 timeout "$LIMIT" xargs -P "$P" -d '\n' -I{} bash -c \
