@@ -179,10 +179,24 @@ def test_test_only_without_weights_is_refused(tiny, tmp_path):
 
 
 def test_training_speed_times_every_arm(tmp_path):
-    rates = study.training_speed("mcunet_v4", imgsz=32, batch=2, steps=1, rounds=1)
-    assert set(rates) == {"original", "plain", "dero", "dero-rep", "dero-seed"} and all(r > 0 for r in rates.values())
+    speed = study.training_speed("mcunet_v4", imgsz=32, batch=2, steps=1, rounds=3)
+    assert set(speed) == {"original", "plain", "dero", "dero-rep", "dero-seed", "dero-annealing"}
+    assert all(s["img_s"] > 0 for s in speed.values()) and speed["original"]["vs_original"] == 1.0
+    for s in speed.values():
+        assert 0 < s["vs_original_q1"] <= s["vs_original"] <= s["vs_original_q3"]
+
+    # the ratio pairs the arms round by round: a round where the machine slowed the arm alone (round 2) or the
+    # original alone (round 3) moves one ratio each, where the ratio of the medians would read 0.25, not 0.5
+    assert study.paired_ratio([1.0, 0.5, 0.5], [2.0, 2.0, 0.5]) == (0.5, 0.25, 1.0)
+
     md = study.write_speed(tmp_path, ["mcunet_v4"], imgsz=32, batch=2, steps=1, rounds=1).read_text()
     assert "| mcunet_v4 | 2, 32 |" in md and "| dero / original | dero-rep / original |" in md
+    assert "halfway through its activation anneal" in md and "mcunet_v4 " in md.split("halfway")[1]
+    from yolo_dero.nn import DeroUnit
+
+    fns = study._speed_step_fns("mcunet_v4", 32, 2, "cpu")
+    linearity = {arm: {u.act_linearity for u in m.modules() if isinstance(u, DeroUnit)} for arm, (m, _) in fns.items()}
+    assert 0.5 in linearity["dero-annealing"] and linearity["dero"] == {0.0}
 
 
 def test_training_speed_of_the_detector_trains_every_arm(tmp_path):
@@ -275,7 +289,8 @@ def test_a_detection_arm_can_override_keys_of_its_yaml(tmp_path):
     cfg = yaml.safe_load(open(path))
     assert cfg["dero_style"] == "identity-poststem" and list(cfg)[:2] == ["nc", "scales"]  # order kept
     assert path.endswith("yolov5n-dero-poststem.yaml")  # the scale letter survives in the name
-    assert det_model_label("dero-poststem") == "cfg/yolov5n-dero.yaml with dero_style: identity-poststem"
+    assert det_model_label("dero-poststem", 40) == "cfg/yolov5n-dero.yaml with dero_style: identity-poststem"
+    assert det_model_label("dero-rep-c3par-anneal", 40) == "cfg/yolov5n-dero-rep-c3.yaml with act_anneal_epochs: 20"
     # the anneal arms anneal over half of the budget's epochs, and the copy builds with it
     annealed = det_model_cfg("dero-rep-c3par-anneal", tmp_path, 40)
     assert yaml.safe_load(open(annealed))["act_anneal_epochs"] == 20

@@ -149,10 +149,14 @@ def _edit_rows(cfg: Dict[str, Any], c3_expansion: Optional[float] = None, neck_c
             row[3] = args
 
 
-def det_model_label(arm: str) -> str:
-    """How a record names the arm's model: the YAML, plus the keys the arm overrides."""
+def det_model_label(arm: str, epochs: int) -> str:
+    """How a record names the arm's model: the YAML, plus the keys the arm overrides (resolved for the budget's
+    ``epochs``)."""
     spec = DET_ARMS[arm]
-    return spec if isinstance(spec, str) else f"{spec[0]} with " + ", ".join(f"{k}: {v}" for k, v in spec[1].items())
+    if isinstance(spec, str):
+        return spec
+    return f"{spec[0]} with " + ", ".join(f"{k}: {str(v).format(half_epochs=f'{epochs / 2:g}')}"
+                                          for k, v in spec[1].items())
 
 
 def cls_budget_argv(args) -> List[str]:
@@ -316,7 +320,7 @@ def run_det(arm: str, seed: int, args) -> Dict[str, Any]:
     v = evaluate_detector(str(best if best.is_file() else last), data=str(data), imgsz=args.imgsz, device=args.device,
                           project=str(project / "val"), name=name, label_scan=False)
     rates = [e["images"] / e["seconds"] for e in epochs if e["seconds"] > 0]
-    return {"arch": "yolov5n", "arm": arm, "model": det_model_label(arm), "seed": seed,
+    return {"arch": "yolov5n", "arm": arm, "model": det_model_label(arm, args.epochs), "seed": seed,
             "map50_95": round(v["map50_95"], 4),
             "map50": round(v["map50"], 4), "coco_map50_95": round(v["pycocotools"]["map50_95"], 4),
             "coco_map50": round(v["pycocotools"]["map50"], 4), "params": v["params"],
@@ -341,6 +345,9 @@ YOLO_SPEED_YAMLS = {"original": "yolov5n.yaml", "plain": "yolov5n-plain.yaml", "
                     "dero-rep-c3-mean": "yolov5n-dero-rep-c3-mean.yaml"}  # and its averaging-shortcut form
 # YOLOv5n only: a student distilled at the head's outputs (yolo_dero.ultra.distill) -> (its YAML, its teacher's)
 YOLO_SPEED_DISTILLED = {"dero-rep-c3-hkd": ("yolov5n-dero-rep-c3.yaml", "yolov5n.yaml")}
+# classifiers only: the default as it trains in the first half of a default run, its activation blended with the
+# identity (classification/train.py's anneal; t = 0.5 is the anneal's midpoint) -> (variant, style, t)
+CLS_SPEED_ANNEALING = {"dero-annealing": ("dero", "default", 0.5)}
 SPEED_RATIOS = ["dero", "dero-rep", "dero-seed"]  # each against the original
 SPEED_ARCHS = sorted(CLS_ARCHS) + ["yolov5n"]
 
@@ -378,18 +385,30 @@ def _speed_step_fns(arch: str, imgsz: int, batch: int, device: str) -> Dict[str,
         return fns
     from classification.models import get_model
 
+    from .nn import set_activation_linearity
+
     y = torch.randint(0, 10, (batch,), device=device)
-    for arm, (variant, style) in SPEED_ARMS.items():
+    arms = {arm: (variant, style, 0.0) for arm, (variant, style) in SPEED_ARMS.items()}
+    for arm, (variant, style, t) in {**arms, **CLS_SPEED_ANNEALING}.items():
         kw = {"style": style} if style else {}
         m = get_model(CLS_ARCHS[arch][variant], num_classes=10, **kw).to(device).train()
+        if t:
+            set_activation_linearity(m, t)
         fns[arm] = (m, lambda m=m: F.cross_entropy(m(x), y))
     return fns
 
 
-def training_speed(arch: str, imgsz: int = 32, batch: int = 32, steps: int = 5, rounds: int = 7,
-                   device: str = "cpu") -> Dict[str, float]:
-    """Training images/s (forward, loss, backward, SGD step) of each arm of ``arch`` (a zoo architecture or
-    ``"yolov5n"``), the arms timed interleaved round after round in this process; the median over rounds."""
+def training_speed(arch: str, imgsz: int = 32, batch: int = 32, steps: int = 1, rounds: int = 40,
+                   device: str = "cpu") -> Dict[str, Dict[str, float]]:
+    """Training speed (forward, loss, backward, SGD step) of each arm of ``arch`` (a zoo architecture or
+    ``"yolov5n"``), timed in this process: each round times ``steps`` steps of every arm, in a shuffled order.
+
+    Per arm: ``img_s``, the median images/s over rounds, and ``vs_original``, the median over rounds of the arm's
+    speed divided by the original's in the same round, with the middle half of those per-round ratios
+    (``vs_original_q1`` .. ``_q3``). Pairing by round cancels the drift of a shared machine's speed, which moved
+    the ratio of the two medians by up to 0.13 between runs (docs/accuracy_study.md, "Training throughput")."""
+    import random
+
     import torch
 
     fns = _speed_step_fns(arch, imgsz, batch, device)
@@ -404,16 +423,30 @@ def training_speed(arch: str, imgsz: int = 32, batch: int = 32, steps: int = 5, 
 
     for arm in models:  # warm-up
         step(arm)
+    order, shuffle = list(models), random.Random(0).shuffle
     rates: Dict[str, List[float]] = {arm: [] for arm in models}
     for _ in range(rounds):
-        for arm in models:
+        shuffle(order)  # no arm always runs right after another one (caches, clock)
+        for arm in order:
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(arm)
             if device != "cpu":
                 torch.cuda.synchronize()
             rates[arm].append(steps * batch / (time.perf_counter() - t0))
-    return {arm: round(statistics.median(r), 1) for arm, r in rates.items()}
+    result = {}
+    for arm, r in rates.items():
+        median, q1, q3 = paired_ratio(r, rates["original"])
+        result[arm] = {"img_s": round(statistics.median(r), 1), "vs_original": round(median, 3),
+                       "vs_original_q1": round(q1, 3), "vs_original_q3": round(q3, 3)}
+    return result
+
+
+def paired_ratio(values: Sequence[float], base: Sequence[float]) -> Tuple[float, float, float]:
+    """The median and quartiles (nearest rank) of ``values[i] / base[i]``, round by round."""
+    ratios = sorted(v / b for v, b in zip(values, base, strict=True))
+    q1, q3 = (ratios[round(q * (len(ratios) - 1))] for q in (0.25, 0.75))
+    return statistics.median(ratios), q1, q3
 
 
 def write_speed(out: Path, archs: Sequence[str], imgsz: int = 32, batch: int = 32, det_imgsz: int = 160,
@@ -432,26 +465,37 @@ def write_speed(out: Path, archs: Sequence[str], imgsz: int = 32, batch: int = 3
                      "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()})
     lines = ["# Training throughput: DERO vs original, measured side by side", "",
              f"`python -m yolo_dero.study speed --arch {' '.join(archs)}` ({kw.get('device', 'cpu')}, torch "
-             f"{torch.__version__}, {torch.get_num_threads()} threads; each arm timed for {kw.get('steps', 5)} SGD "
-             f"steps per round, the arms interleaved, median of {kw.get('rounds', 7)} rounds; random inputs, "
+             f"{torch.__version__}, {torch.get_num_threads()} threads; each round times {kw.get('steps', 1)} SGD "
+             f"step(s) of every arm in a shuffled order, {kw.get('rounds', 40)} rounds; random inputs, "
              "cross-entropy for the classifiers, Ultralytics' detection loss with three boxes per image for YOLOv5n). "
+             "img/s: the median over rounds. X / original: the median over rounds of X's speed over the original's "
+             "in the same round, and in brackets the middle half of those per-round ratios. "
              "Goal: DERO / original >= 0.90.", "",
              "| arch | batch, px | " + " | ".join(f"{a} img/s" for a in SPEED_ARMS) + " | "
              + " | ".join(f"{a} / original" for a in SPEED_RATIOS) + " |",
              "|---|---|" + "---|" * (len(SPEED_ARMS) + len(SPEED_RATIOS))]
     for a, r in rows.items():
-        lines.append(f"| {a} | {sizes[a][1]}, {sizes[a][0]} | " + " | ".join(f"{r[k]:.1f}" for k in SPEED_ARMS) +
-                     " | " + " | ".join(f"{r[k] / r['original']:.3f}" for k in SPEED_RATIOS) + " |")
+        lines.append(f"| {a} | {sizes[a][1]}, {sizes[a][0]} | " + " | ".join(f"{r[k]['img_s']:.1f}" for k in SPEED_ARMS)
+                     + " | " + " | ".join(_vs_original(r[k]) for k in SPEED_RATIOS) + " |")
+    annealing = [(a, r[arm]) for a, r in rows.items() for arm in CLS_SPEED_ANNEALING if arm in r]
+    if annealing:
+        lines += ["", "Classifiers only, same run: the default halfway through its activation anneal (`t = 0.5`, "
+                  "as it trains in the first half of a default run), " + "; ".join(
+                      f"{a} {r['img_s']:.1f} img/s, {_vs_original(r)} of the original" for a, r in annealing) + "."]
     if "yolov5n" in rows:
         r = rows["yolov5n"]
         extra = [(a, f"`cfg/{y}`") for a, y in YOLO_SPEED_YAMLS.items() if a not in SPEED_ARMS]
         extra += [(a, f"`cfg/{y}` distilled at the head's outputs from `cfg/{t}`, its forward included")
                   for a, (y, t) in YOLO_SPEED_DISTILLED.items()]
         lines += ["", "YOLOv5n only, same run: " + "; ".join(
-            f"{a} ({what}) {r[a]:.1f} img/s, {r[a] / r['original']:.3f} of the original" for a, what in extra) + "."]
+            f"{a} ({what}) {r[a]['img_s']:.1f} img/s, {_vs_original(r[a])} of the original" for a, what in extra) + "."]
     md = js.with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
     return md
+
+
+def _vs_original(speed: Dict[str, float]) -> str:
+    return f"{speed['vs_original']:.3f} ({speed['vs_original_q1']:.2f}-{speed['vs_original_q3']:.2f})"
 
 
 # ----------------------------------------------------------------------------------------------- int8 accuracy
@@ -846,7 +890,8 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument("--batch", type=int, default=32)
             q.add_argument("--det-imgsz", type=int, default=160, help="YOLOv5n's input size (the detection study's)")
             q.add_argument("--det-batch", type=int, default=16)
-            q.add_argument("--rounds", type=int, default=7)
+            q.add_argument("--rounds", type=int, default=40)
+            q.add_argument("--steps", type=int, default=1, help="SGD steps of each arm per round")
             q.add_argument("--device", default="cpu")
             continue
         q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -956,7 +1001,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.kind == "speed":
         print(write_speed(out, args.arch, imgsz=args.imgsz, batch=args.batch, det_imgsz=args.det_imgsz,
                           det_batch=args.det_batch, rounds=args.rounds,
-                          device=args.device).read_text())
+                          steps=args.steps, device=args.device).read_text())
         return 0
     tag = budget_tag(args)
     jobs = ([(arch, arm, s) for arch in args.arch for s in args.seeds for arm in args.arms] if args.kind == "cls"
