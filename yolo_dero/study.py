@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from classification.catalog import CATALOG, variant_names
 
 from .fileutil import outputs_problem
-from .nn import DERO_STYLES
+from .nn import DERO_STYLES, set_activation_linearity
 from .paths import REPO_ROOT, shipped
 
 DEFAULT_OUT = REPO_ROOT / "results" / "study"
@@ -385,8 +385,6 @@ def _speed_step_fns(arch: str, imgsz: int, batch: int, device: str) -> Dict[str,
         return fns
     from classification.models import get_model
 
-    from .nn import set_activation_linearity
-
     y = torch.randint(0, 10, (batch,), device=device)
     arms = {arm: (variant, style, 0.0) for arm, (variant, style) in SPEED_ARMS.items()}
     for arm, (variant, style, t) in {**arms, **CLS_SPEED_ANNEALING}.items():
@@ -405,8 +403,8 @@ def training_speed(arch: str, imgsz: int = 32, batch: int = 32, steps: int = 1, 
 
     Per arm: ``img_s``, the median images/s over rounds, and ``vs_original``, the median over rounds of the arm's
     speed divided by the original's in the same round, with the middle half of those per-round ratios
-    (``vs_original_q1`` .. ``_q3``). Pairing by round cancels the drift of a shared machine's speed, which moved
-    the ratio of the two medians by up to 0.13 between runs (docs/accuracy_study.md, "Training throughput")."""
+    (``vs_original_q1`` .. ``_q3``). Pairing by round cancels the drift of a shared machine's speed, which moves a
+    ratio of two medians between runs (docs/accuracy_study.md, "Training throughput")."""
     import random
 
     import torch
@@ -495,6 +493,7 @@ def write_speed(out: Path, archs: Sequence[str], imgsz: int = 32, batch: int = 3
 
 
 def _vs_original(speed: Dict[str, float]) -> str:
+    """An arm's speed against the original's as the tables print it: the median ratio (the middle half)."""
     return f"{speed['vs_original']:.3f} ({speed['vs_original_q1']:.2f}-{speed['vs_original_q3']:.2f})"
 
 
