@@ -45,3 +45,6 @@ timeout "$LIMIT" xargs -P "$P" -d '\n' -I{} bash -c \
      echo "exit $? after ${SECONDS}s: {}" >> "$LOGS/done.txt"' < "$LOGS/jobs.txt"
 echo "xargs/timeout exit $?"
 "$PY" -m yolo_dero.study table --out "$RES" > /dev/null
+# On the lent machine only 8 files come back from $OUT, and a machine idle for 30 s goes back with everything on it:
+# hand the records and logs back as one file, in the same call.
+if [ -n "${OUT:-}" ]; then tar czf "$OUT/study.tgz" "$RES" "$LOGS" && echo "records and logs: \$OUT/study.tgz"; fi
