@@ -290,3 +290,46 @@ def test_unit_on_an_input_without_gradient_trains_as_with_bn_in(kw, momentum):
             assert _rel_err(p_ref.grad, p.grad) < 1e-5, name  # sums of thousands of terms: relative to the largest
         for (name, b), b_ref in zip(unit.named_buffers(), reference.buffers()):
             assert _rel_err(b_ref.double(), b.double()) < 1e-6, name
+
+
+@pytest.mark.parametrize("kw, grad", [
+    (dict(c_in=3, c_out=16, k=6, s=2, p=2), False),   # YOLOv5n's stem shortcut: the image has no gradient
+    (dict(c_in=8, c_out=16, k=3, s=2), True),         # a strided unit that doubles its channels
+    (dict(c_in=8, c_out=12, k=1, s=2), True),         # strided 1x1: ceil-mode window
+])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_growing_shortcut_normalizes_only_its_own_channels_as_the_padded_batchnorm(kw, grad, momentum):
+    """In training a growing shortcut runs its BatchNorm on x's channels alone and appends the shift for the zero
+    channels: the same output, gradients and running statistics as ``bn(zero-pad(sum-pool(x)))`` written out."""
+    torch.manual_seed(0)
+    sc = Shortcut(**kw, bn=True).train()
+    sc.bn.momentum = momentum
+    with torch.no_grad():
+        sc.bn.weight.uniform_(0.5, 1.5)
+        sc.bn.bias.uniform_(-1, 1)
+        sc.bn.running_mean[:3].fill_(0.5)  # stale statistics of the real channels; the zero channels' stay 0
+    ref_bn = copy.deepcopy(sc.bn)
+    for step in range(2):  # the second step reads what the first one left in the running statistics
+        x = torch.rand(4, kw["c_in"], 17, 15) * 3 + 1
+        x_ref = x.clone().requires_grad_(grad)
+        y = sc(x.requires_grad_(grad))
+        pooled = torch.nn.functional.avg_pool2d(x_ref, sc.k, sc.s, sc.p, ceil_mode=sc.ceil_mode,
+                                                count_include_pad=True, divisor_override=1)
+        y_ref = ref_bn(fold_channels(pooled, kw["c_out"]))
+        assert y.shape == y_ref.shape
+        grad_y = torch.randn_like(y)
+        y.backward(grad_y)
+        y_ref.backward(grad_y)
+        assert _rel_err(y_ref, y) < 1e-5
+        for name in ("weight", "bias"):
+            assert _rel_err(getattr(ref_bn, name).grad, getattr(sc.bn, name).grad) < 1e-5, name
+        if grad:
+            assert _rel_err(x_ref.grad, x.grad) < 1e-5
+        for (name, b), b_ref in zip(sc.bn.named_buffers(), ref_bn.buffers()):
+            assert _rel_err(b_ref.double(), b.double()) < 1e-6, name
+    sc.eval()  # eval runs the module itself on the statistics the fast path kept
+    ref_bn.eval()
+    x = torch.rand(2, kw["c_in"], 9, 9)
+    pooled = torch.nn.functional.avg_pool2d(x, sc.k, sc.s, sc.p, ceil_mode=sc.ceil_mode, count_include_pad=True,
+                                            divisor_override=1)
+    assert _rel_err(ref_bn(fold_channels(pooled, kw["c_out"])), sc(x)) < 1e-5
